@@ -1,0 +1,415 @@
+"""The one command, `clickstream`: parses, calls, prints.
+
+Every failure a user can cause ends in one line on stderr and a non-zero exit code (2 for
+bad arguments), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from clickstream import __version__
+from clickstream.config import Settings, load_settings
+from clickstream.errors import ClickstreamError, UsageError
+
+__all__ = ["main"]
+
+log = logging.getLogger("clickstream")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error instead of the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number greater than 0, got {text}")
+    return value
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def _stop_on_signals() -> threading.Event:
+    """Turn SIGINT and SIGTERM into a stop request the long-running loops check."""
+    stop = threading.Event()
+
+    def handler(signum, _frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.info(
+            "%s received: finishing the current batch, then stopping", signal.Signals(signum).name
+        )
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.prepare import prepare
+    from clickstream.services import embedded
+
+    embedded.up(settings)
+    prepare(settings)
+    _print_status(embedded.status(settings))
+    return 0
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.services import embedded
+
+    stopped = embedded.down(settings)
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.services import embedded
+
+    services = embedded.status(settings)
+    _print_status(services)
+    return 0 if all(s.running for s in services) else 3
+
+
+def _print_status(services) -> None:
+    for service in services:
+        state = "running" if service.running else "stopped"
+        print(f"{service.name:<9} {state:<8} {service.address}")
+        print(f"{'':<9} {service.detail}")
+
+
+def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.generate import generate, write_dataset
+
+    started = time.monotonic()
+    dataset = generate(
+        users=args.users,
+        products=args.products,
+        categories=args.categories,
+        views=args.views,
+        orders=args.orders,
+        seed=args.seed,
+    )
+    paths = write_dataset(dataset, args.out)
+    took = time.monotonic() - started
+    print(f"wrote {len(dataset.views):,} views to {paths['views']}")
+    print(f"wrote {len(dataset.orders):,} orders to {paths['orders']}")
+    print(f"wrote {len(dataset.catalog):,} products to {paths['catalog']}")
+    print(f"in {took:.1f}s (seed {args.seed})")
+    return 0
+
+
+def cmd_catalog_load(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.catalog import read_catalog
+    from clickstream.store.catalog import upsert_products
+    from clickstream.store.db import connect
+
+    rows = read_catalog(args.file)
+    with connect(settings) as conn:
+        changed = upsert_products(conn, rows)
+    print(f"loaded {len(rows):,} products from {args.file} ({changed:,} new or changed)")
+    return 0
+
+
+def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from clickstream.kafka.client import ensure_topics
+    from clickstream.kafka.producer import produce_lines
+    from clickstream.services.embedded import bootstrap_servers
+
+    bootstrap = bootstrap_servers(settings)
+    ensure_topics(bootstrap, [args.topic], settings.kafka_partitions)
+    rate = None if args.max_speed else args.rate
+    total = _count_lines(args.file)
+    if args.limit is not None:
+        total = min(total, args.limit)
+    stop = _stop_on_signals()
+    pace = "as fast as possible" if rate is None else f"at {rate:g} events/s"
+    print(f"producing {total:,} events from {args.file} to {args.topic} {pace}", file=sys.stderr)
+    with open(args.file, "rb") as lines, tqdm(total=total, unit="ev", unit_scale=True) as bar:
+        result = produce_lines(
+            bootstrap,
+            args.topic,
+            lines,
+            rate=rate,
+            limit=args.limit,
+            stop=stop,
+            on_progress=bar.update,
+        )
+    how = "interrupted: " if result.interrupted else ""
+    print(f"{how}{result.delivered:,} delivered, {result.failed:,} failed to {args.topic}")
+    if result.failed:
+        print(f"first failure: {result.first_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _count_lines(path: Path) -> int:
+    count = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                count += 1
+    return count
+
+
+def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.ingest import Ingestor
+    from clickstream.services.embedded import bootstrap_servers
+
+    stop = _stop_on_signals()
+    ingestor = Ingestor(settings, bootstrap_servers(settings), stop=stop)
+    stats = ingestor.run(until_idle=args.until_idle)
+    took = time.monotonic() - stats.started
+    print(
+        f"consumed {stats.consumed:,} events in {took:.1f}s: stored {stats.views:,} views and"
+        f" {stats.order_lines:,} order lines of {stats.orders:,} orders,"
+        f" {stats.dead_letters:,} dead letters, {stats.duplicates:,} duplicates skipped"
+    )
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.demo import run_demo
+
+    duration = args.duration if args.duration is not None else settings.demo_duration
+    return run_demo(settings, duration=duration, stop=_stop_on_signals())
+
+
+def cmd_bench_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.bench.ingest import run_ingest_benchmark
+
+    run_ingest_benchmark(settings, events=args.events, seed=args.seed)
+    return 0
+
+
+# -- the parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="clickstream",
+        description=(
+            "Product views and orders from Kafka into PostgreSQL, hourly category reports, "
+            "a live 5-minute view and a recently-viewed API. With no broker or database "
+            "configured, commands use the embedded ones started by `clickstream up`."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"clickstream {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings file (default: $CLICKSTREAM_CONFIG or ./config.yml)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, func: Callable, help: str, description: str | None = None, parent=sub):
+        p = parent.add_parser(name, help=help, description=description or help)
+        p.set_defaults(func=func)
+        return p
+
+    command(
+        "up",
+        cmd_up,
+        "start the embedded broker and database",
+        "Start the embedded Kafka-compatible broker (Tansu) and PostgreSQL (pgserver) in the "
+        "background under the data directory, create the topics and the schema. Idempotent: "
+        "what already runs is left alone. Tansu keeps topics in memory only.",
+    )
+    command("down", cmd_down, "stop the embedded broker and database")
+    command(
+        "status",
+        cmd_status,
+        "show what runs where",
+        "Show the broker and the database, embedded or external, and their addresses. "
+        "Exit code 3 when an embedded service is stopped.",
+    )
+
+    p = command(
+        "generate",
+        cmd_generate,
+        "write synthetic product-views.json, orders.json and product-category-map.csv",
+        "Write synthetic events in exactly the source formats, deterministic for a seed: "
+        "skewed product popularity, users with favourite categories, several platforms, "
+        "orders mostly of viewed products.",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write into")
+    p.add_argument(
+        "--users", type=_positive_int, default=1000, help="distinct users (default 1000)"
+    )
+    p.add_argument("--products", type=_positive_int, default=1000, help="products (default 1000)")
+    p.add_argument("--categories", type=_positive_int, default=25, help="categories (default 25)")
+    p.add_argument("--views", type=_count, default=100_000, help="view events (default 100000)")
+    p.add_argument("--orders", type=_count, default=10_000, help="order events (default 10000)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+
+    catalog = sub.add_parser("catalog", help="manage the product catalog")
+    catalog_sub = catalog.add_subparsers(
+        dest="catalog_command", metavar="ACTION", parser_class=_Parser
+    )
+    catalog.set_defaults(func=lambda settings, args: _missing(catalog, "an action"))
+    p = command(
+        "load",
+        cmd_catalog_load,
+        "load a productid,categoryid CSV (upsert)",
+        "Load a productid,categoryid CSV with a header line. New products are added, changed "
+        "ones move category. The file is validated first: one bad line and nothing is loaded.",
+        parent=catalog_sub,
+    )
+    p.add_argument("file", type=_existing_file, metavar="FILE", help="the CSV file")
+
+    p = command(
+        "produce",
+        cmd_produce,
+        "replay an NDJSON file into Kafka",
+        "Replay newline-delimited JSON into a topic: each event keyed by its userid and stamped "
+        "with the send time. Lines that are not JSON objects are sent as they are, for the "
+        "consumer to dead-letter. Ctrl-C stops cleanly: what was sent is delivered.",
+    )
+    p.add_argument(
+        "file", type=_existing_file, metavar="FILE", help="NDJSON file, one event a line"
+    )
+    p.add_argument("--topic", required=True, help="topic to send to, e.g. product-views or orders")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=1.0,
+        metavar="EVENTS_PER_SECOND",
+        help="events per second (default 1, as the original producer)",
+    )
+    pace.add_argument(
+        "--max-speed", action="store_true", help="send as fast as the broker takes them"
+    )
+    p.add_argument("--limit", type=_count, metavar="N", help="stop after N events")
+
+    p = command(
+        "consume",
+        cmd_consume,
+        "clean both topics into PostgreSQL",
+        "Read the views and orders topics in one consumer group, clean the events, store them "
+        "with COPY (each messageid once), dead-letter bad events with a reason, and commit "
+        "offsets only after the rows are durable. Run several to share the partitions. "
+        "SIGTERM or Ctrl-C finishes the current batch and stops.",
+    )
+    p.add_argument(
+        "--until-idle",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="exit once no new event arrived for that long (drain and stop)",
+    )
+
+    p = command(
+        "demo",
+        cmd_demo,
+        "run everything at once on embedded services with generated data",
+        "Start the embedded services, generate data, load the catalog, produce and consume "
+        "events and show them arriving in PostgreSQL.",
+    )
+    p.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="how long to run (default: demo.duration, $CLICKSTREAM_DEMO_DURATION, 120)",
+    )
+
+    bench = sub.add_parser("bench", help="run a benchmark and print its figures")
+    bench_sub = bench.add_subparsers(
+        dest="bench_command", metavar="BENCHMARK", parser_class=_Parser
+    )
+    bench.set_defaults(func=lambda settings, args: _missing(bench, "a benchmark"))
+    p = command(
+        "ingest",
+        cmd_bench_ingest,
+        "raw COPY versus produce -> consume -> PostgreSQL",
+        "Measure, in one run and in a scratch database, (a) a raw COPY of cleaned view rows "
+        "into product_views and (b) the full path: produce at max speed, consume, store. The "
+        "last line gives (b) in events/s and ratio=b/a.",
+        parent=bench_sub,
+    )
+    p.add_argument(
+        "--events", type=_positive_int, default=1_000_000, help="views (default 1000000)"
+    )
+    p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    return parser
+
+
+def _missing(parser: argparse.ArgumentParser, what: str) -> int:
+    parser.error(f"choose {what}")
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    # pgserver narrates every pg_ctl call at INFO and platformdirs warns about a missing
+    # XDG_RUNTIME_DIR; neither tells a user anything.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    try:
+        settings = load_settings(args.config)
+        return args.func(settings, args)
+    except UsageError as exc:
+        print(f"clickstream: error: {exc}", file=sys.stderr)
+        return 2
+    except ClickstreamError as exc:
+        print(f"clickstream: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("clickstream: interrupted", file=sys.stderr)
+        return 130

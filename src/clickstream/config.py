@@ -1,0 +1,278 @@
+"""Settings: one typed object built from defaults, `config.yml` and `CLICKSTREAM_*` variables.
+
+Every setting is declared once in `SETTINGS`, so the YAML key, the environment variable, the
+validation and the documentation can never drift apart. Precedence, lowest first: the
+defaults below, the YAML file, the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clickstream.errors import ConfigError
+
+__all__ = ["SETTINGS", "Setting", "Settings", "load_settings"]
+
+ENV_PREFIX = "CLICKSTREAM_"
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "clickstream")
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError("expected text")
+    return str(value).strip()
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _text(value)
+    return text or None
+
+
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected a whole number")
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if number < minimum or (maximum is not None and number > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise ValueError(f"expected a whole number at least {minimum}{upper}")
+        return number
+
+    return parse
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not number > 0:
+        raise ValueError("expected a number greater than 0")
+    return number
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its YAML path (`section.name`), parser, default and one-line meaning."""
+
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.replace(".", "_").upper()
+
+    @property
+    def attr(self) -> str:
+        return self.key.replace(".", "_")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", _text, None, "where the embedded broker and database live"),
+    Setting("reports_dir", _text, "reports", "where the hourly CSV reports are written"),
+    Setting(
+        "kafka.bootstrap_servers",
+        _optional_text,
+        None,
+        "Kafka bootstrap servers; empty means the embedded Tansu broker",
+    ),
+    Setting("kafka.views_topic", _text, "product-views", "topic of ProductView events"),
+    Setting("kafka.orders_topic", _text, "orders", "topic of OrderEvent events"),
+    Setting("kafka.partitions", _int_at_least(1, 1024), 4, "partitions of topics we create"),
+    Setting("kafka.consumer_group", _text, "clickstream-ingest", "consumer group of the ingest"),
+    Setting(
+        "kafka.session_timeout_ms",
+        _int_at_least(1000),
+        6000,
+        "consumer session timeout; low values make a group start fast",
+    ),
+    Setting(
+        "database.url",
+        _optional_text,
+        None,
+        "PostgreSQL connection URL; empty means the embedded pgserver",
+    ),
+    Setting("ingest.batch_size", _int_at_least(1, 1_000_000), 20000, "events per write batch"),
+    Setting(
+        "ingest.batch_wait_ms",
+        _int_at_least(1, 60_000),
+        250,
+        "how long the consumer waits to fill a batch before writing what it has",
+    ),
+    Setting(
+        "ingest.max_event_bytes",
+        _int_at_least(64),
+        65536,
+        "larger events are dead-lettered as oversize",
+    ),
+    Setting(
+        "ingest.retry_max_seconds",
+        _positive_float,
+        30.0,
+        "longest pause between retries while the database or broker is unreachable",
+    ),
+    Setting(
+        "ingest.log_every_seconds",
+        _positive_float,
+        10.0,
+        "how often the consumer logs throughput and lag",
+    ),
+    Setting("api.host", _text, "127.0.0.1", "address `clickstream serve` listens on"),
+    Setting("api.port", _int_at_least(1, 65535), 8000, "port `clickstream serve` listens on"),
+    Setting("api.workers", _int_at_least(1, 64), 1, "worker processes of `clickstream serve`"),
+    Setting("api.access_log", _bool, True, "log every HTTP request"),
+    Setting("api.key", _optional_text, None, "when set, every /api/ request needs this key"),
+    Setting(
+        "realtime.window_seconds",
+        _int_at_least(1, 86_400),
+        300,
+        "length of the live view's sliding window",
+    ),
+    Setting("demo.duration", _positive_float, 120.0, "seconds `clickstream demo` runs"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    reports_dir: Path
+    kafka_bootstrap_servers: str | None
+    kafka_views_topic: str
+    kafka_orders_topic: str
+    kafka_partitions: int
+    kafka_consumer_group: str
+    kafka_session_timeout_ms: int
+    database_url: str | None
+    ingest_batch_size: int
+    ingest_batch_wait_ms: int
+    ingest_max_event_bytes: int
+    ingest_retry_max_seconds: float
+    ingest_log_every_seconds: float
+    api_host: str
+    api_port: int
+    api_workers: int
+    api_access_log: bool
+    api_key: str | None
+    realtime_window_seconds: int
+    demo_duration: float
+    source: str = field(default="defaults", compare=False)
+
+    @property
+    def topics(self) -> tuple[str, str]:
+        return (self.kafka_views_topic, self.kafka_orders_topic)
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+
+def _flatten(document: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    known = {s.key for s in SETTINGS}
+    sections = {k.split(".")[0] for k in known if "." in k}
+    flat: dict[str, Any] = {}
+    for name, value in document.items():
+        if name in sections:
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{origin}: '{name}' must be a section of settings")
+            for sub, subvalue in value.items():
+                key = f"{name}.{sub}"
+                if key not in known:
+                    raise ConfigError(f"{origin}: unknown setting '{key}'")
+                flat[key] = subvalue
+        elif name in known:
+            flat[name] = value
+        else:
+            raise ConfigError(f"{origin}: unknown setting '{name}'")
+    return flat
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return _flatten(document, str(path))
+
+
+def _config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    if env.get("CLICKSTREAM_CONFIG"):
+        path = Path(env["CLICKSTREAM_CONFIG"])
+        if not path.is_file():
+            raise ConfigError(f"CLICKSTREAM_CONFIG={path} does not exist")
+        return path
+    local = Path("config.yml")
+    return local if local.is_file() else None
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings; raise ConfigError naming the offending key and value."""
+    env = os.environ if env is None else env
+    path = _config_path(config_file, env)
+    from_file = _read_yaml(path) if path else {}
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw, origin = setting.default, "default"
+        if setting.key in from_file:
+            raw, origin = from_file[setting.key], f"{path}: {setting.key}"
+        if setting.env in env:
+            raw, origin = env[setting.env], setting.env
+        if raw is None:
+            values[setting.attr] = None
+            continue
+        try:
+            values[setting.attr] = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}={raw!r}: {exc}") from None
+    values["data_dir"] = Path(values["data_dir"] or _default_data_dir()).expanduser()
+    values["reports_dir"] = Path(values["reports_dir"]).expanduser()
+    return Settings(**values, source=str(path) if path else "defaults")

@@ -1,0 +1,267 @@
+"""The event formats and the cleaning rules: one pure function over a batch.
+
+`clean_batch` takes raw Kafka records and returns rows ready for storage plus rejects with a
+reason. It does no I/O and keeps no state, so the stream consumer, a backfill and a Spark
+job all apply exactly the same rules.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+import orjson
+
+__all__ = [
+    "MAX_ID_LENGTH",
+    "MAX_QUANTITY",
+    "CleanBatch",
+    "Kind",
+    "OrderLineRow",
+    "RawEvent",
+    "Reason",
+    "Reject",
+    "ViewRow",
+    "clean_batch",
+    "format_timestamp",
+]
+
+MAX_ID_LENGTH = 128
+MAX_QUANTITY = 10_000
+
+# C0 and C1 control characters, DEL, and lone surrogates (which PostgreSQL cannot store).
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+class Kind(StrEnum):
+    """What a topic carries; the consumer knows it from the topic name."""
+
+    VIEW = "ProductView"
+    ORDER = "OrderEvent"
+
+
+class Reason(StrEnum):
+    """Why an event was dead-lettered. Stored as `code: detail`."""
+
+    OVERSIZE = "oversize"
+    EMPTY = "empty"
+    BAD_UTF8 = "bad-utf8"
+    BAD_JSON = "bad-json"
+    NOT_AN_OBJECT = "not-an-object"
+    WRONG_EVENT = "wrong-event"
+    MISSING_FIELD = "missing-field"
+    BAD_FIELD = "bad-field"
+    BAD_LINEITEMS = "bad-lineitems"
+    REJECTED_BY_DATABASE = "rejected-by-database"
+
+
+class RawEvent(NamedTuple):
+    kind: Kind
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    kafka_timestamp_ms: int | None
+
+
+class ViewRow(NamedTuple):
+    messageid: str
+    userid: str
+    productid: str
+    source: str
+    viewed_at: str
+
+
+class OrderLineRow(NamedTuple):
+    messageid: str
+    line: int
+    orderid: str
+    userid: str
+    productid: str
+    quantity: int
+    ordered_at: str
+
+
+class Reject(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    payload: bytes
+    reason: str
+
+
+@dataclass
+class CleanBatch:
+    views: list[ViewRow] = field(default_factory=list)
+    order_lines: list[OrderLineRow] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    orders: int = 0
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+
+
+def format_timestamp(moment: datetime) -> str:
+    """The one timestamp format of the project: UTC, milliseconds, `Z`."""
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+def _ident(container: dict[str, Any], key: str, path: str) -> str:
+    value = container.get(key)
+    if value is None:
+        raise _Invalid(Reason.MISSING_FIELD, path)
+    if type(value) is not str:
+        raise _Invalid(Reason.BAD_FIELD, f"{path} must be a string, got {_type_name(value)}")
+    if not value:
+        raise _Invalid(Reason.BAD_FIELD, f"{path} is empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise _Invalid(Reason.BAD_FIELD, f"{path} is longer than {MAX_ID_LENGTH} characters")
+    if _FORBIDDEN.search(value):
+        raise _Invalid(Reason.BAD_FIELD, f"{path} contains control characters")
+    return value
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }.get(type(value), type(value).__name__)
+
+
+def _event_time(event: dict[str, Any], kafka_timestamp_ms: int | None, fallback: str) -> str:
+    """The producer's stamp when usable, else the Kafka record's time, else ingest time."""
+    stamp = event.get("timestamp")
+    if type(stamp) is str and 10 <= len(stamp) <= 40:
+        try:
+            moment = datetime.fromisoformat(stamp)
+        except ValueError:
+            pass
+        else:
+            if len(stamp) == 24 and stamp[-1] == "Z" and stamp[10] == "T":
+                return stamp  # already in the canonical form the producer writes
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            return format_timestamp(moment)
+    if kafka_timestamp_ms is not None and kafka_timestamp_ms > 0:
+        return format_timestamp(datetime.fromtimestamp(kafka_timestamp_ms / 1000, UTC))
+    return fallback
+
+
+def _parse(raw: RawEvent, max_event_bytes: int) -> dict[str, Any]:
+    value = raw.value
+    if not value:
+        raise _Invalid(Reason.EMPTY, "the record has no value")
+    if len(value) > max_event_bytes:
+        raise _Invalid(Reason.OVERSIZE, f"{len(value)} bytes, the limit is {max_event_bytes}")
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            raise _Invalid(Reason.BAD_UTF8, f"invalid byte at position {uexc.start}") from None
+        raise _Invalid(Reason.BAD_JSON, str(exc)) from None
+    if type(event) is not dict:
+        raise _Invalid(Reason.NOT_AN_OBJECT, f"got a JSON {_type_name(event)}")
+    kind = event.get("event")
+    if kind != raw.kind.value:
+        shown = repr(kind) if type(kind) is str else _type_name(kind)
+        raise _Invalid(Reason.WRONG_EVENT, f"expected {raw.kind.value} on {raw.topic}, got {shown}")
+    return event
+
+
+def _orderid(event: dict[str, Any]) -> str:
+    orderid = event.get("orderid")
+    if orderid is None:
+        raise _Invalid(Reason.MISSING_FIELD, "orderid")
+    if type(orderid) is int:
+        return str(orderid)
+    if type(orderid) is str:
+        return _ident(event, "orderid", "orderid")
+    raise _Invalid(
+        Reason.BAD_FIELD, f"orderid must be a string or an integer, got {_type_name(orderid)}"
+    )
+
+
+def _lineitems(event: dict[str, Any]) -> list[tuple[str, int]]:
+    items = event.get("lineitems")
+    if items is None:
+        raise _Invalid(Reason.MISSING_FIELD, "lineitems")
+    if type(items) is not list:
+        raise _Invalid(Reason.BAD_LINEITEMS, f"lineitems must be an array, got {_type_name(items)}")
+    if not items:
+        raise _Invalid(Reason.BAD_LINEITEMS, "lineitems is empty")
+    lines = []
+    for index, item in enumerate(items):
+        path = f"lineitems[{index}]"
+        if type(item) is not dict:
+            raise _Invalid(
+                Reason.BAD_LINEITEMS, f"{path} must be an object, got {_type_name(item)}"
+            )
+        productid = _ident(item, "productid", f"{path}.productid")
+        quantity = item.get("quantity")
+        if type(quantity) is not int:
+            raise _Invalid(
+                Reason.BAD_LINEITEMS,
+                f"{path}.quantity must be an integer, got {_type_name(quantity)}",
+            )
+        if not 1 <= quantity <= MAX_QUANTITY:
+            raise _Invalid(
+                Reason.BAD_LINEITEMS, f"{path}.quantity {quantity} is outside 1..{MAX_QUANTITY}"
+            )
+        lines.append((productid, quantity))
+    return lines
+
+
+def clean_batch(
+    records: list[RawEvent], *, max_event_bytes: int = 65536, now: datetime | None = None
+) -> CleanBatch:
+    """Split a batch into storable rows and rejects; never raises for bad input.
+
+    `now` stands in for the event time of records that carry neither a usable `timestamp`
+    nor a Kafka timestamp.
+    """
+    fallback = format_timestamp(now or datetime.now(UTC))
+    batch = CleanBatch()
+    views, order_lines = batch.views, batch.order_lines
+    for raw in records:
+        try:
+            event = _parse(raw, max_event_bytes)
+            messageid = _ident(event, "messageid", "messageid")
+            userid = _ident(event, "userid", "userid")
+            if raw.kind is Kind.VIEW:
+                properties = event.get("properties")
+                context = event.get("context")
+                if type(properties) is not dict:
+                    raise _Invalid(Reason.MISSING_FIELD, "properties.productid")
+                if type(context) is not dict:
+                    raise _Invalid(Reason.MISSING_FIELD, "context.source")
+                productid = _ident(properties, "productid", "properties.productid")
+                source = _ident(context, "source", "context.source")
+                at = _event_time(event, raw.kafka_timestamp_ms, fallback)
+                views.append(ViewRow(messageid, userid, productid, source, at))
+            else:
+                orderid = _orderid(event)
+                lines = _lineitems(event)
+                at = _event_time(event, raw.kafka_timestamp_ms, fallback)
+                batch.orders += 1
+                for line, (productid, quantity) in enumerate(lines, start=1):
+                    order_lines.append(
+                        OrderLineRow(messageid, line, orderid, userid, productid, quantity, at)
+                    )
+        except _Invalid as exc:
+            batch.rejects.append(
+                Reject(raw.topic, raw.partition, raw.offset, raw.value or b"", str(exc))
+            )
+    return batch

@@ -1,0 +1,320 @@
+"""The stream consumer: Kafka batches in, cleaned rows and dead letters out, offsets last.
+
+Order of work per batch: consume, clean, write (rows and dead letters in one transaction),
+then commit the batch's offsets. A crash anywhere before the commit only means the batch is
+read again, and the writer's ON CONFLICT makes that a no-op. The write of one batch
+overlaps with reading and cleaning the next, on a single writer thread.
+
+Errors are sorted in one place, `_write_with_retry`: an outage (database unreachable, disk
+full) is retried with backoff and never dead-lettered; a batch the database refuses for its
+content is split so that only the offending event is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import psycopg
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from clickstream.config import Settings
+from clickstream.errors import Unavailable
+from clickstream.events import CleanBatch, Kind, RawEvent, Reason, Reject, clean_batch
+from clickstream.kafka.client import consumer_config, ensure_topics
+from clickstream.store.db import connect, is_outage
+from clickstream.store.writer import WriteResult, write_batch
+
+__all__ = ["IngestStats", "Ingestor"]
+
+log = logging.getLogger("clickstream.consume")
+
+
+@dataclass
+class IngestStats:
+    consumed: int = 0
+    views: int = 0
+    order_lines: int = 0
+    orders: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    batches: int = 0
+    retries: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, batch: CleanBatch, written: WriteResult) -> None:
+        self.views += written.views
+        self.order_lines += written.order_lines
+        self.orders += batch.orders
+        self.dead_letters += written.dead_letters
+        self.duplicates += written.duplicates
+        self.batches += 1
+
+
+class Ingestor:
+    """One member of the ingest consumer group. Run several to share the partitions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        *,
+        stop: threading.Event | None = None,
+        connect_db: Callable[[], psycopg.Connection] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.stop = stop or threading.Event()
+        self.stats = IngestStats()
+        self._connect_db = connect_db or (lambda: connect(settings))
+        self._conn: psycopg.Connection | None = None
+        self._kinds = {
+            settings.kafka_views_topic: Kind.VIEW,
+            settings.kafka_orders_topic: Kind.ORDER,
+        }
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="clickstream-writer")
+        self._pending: Future | None = None
+        self._pending_offsets: list[TopicPartition] = []
+        self._consumer: Consumer | None = None
+        self._last_activity = time.monotonic()
+        self._assigned = False
+
+    # -- Kafka side ---------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned = True
+        self._last_activity = time.monotonic()
+        log.info("assigned %s", _describe(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Finish and commit the batch in flight while we still own its partitions.
+        self._finish_pending()
+        log.info("revoked %s", _describe(partitions))
+
+    def _raw_events(self, messages) -> list[RawEvent]:
+        events = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if error.fatal():
+                    raise KafkaException(error)
+                log.warning("broker reported: %s", error)
+                continue
+            _, timestamp = message.timestamp()
+            events.append(
+                RawEvent(
+                    self._kinds[message.topic()],
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    message.value(),
+                    timestamp if timestamp > 0 else None,
+                )
+            )
+        return events
+
+    @staticmethod
+    def _offsets(events: list[RawEvent]) -> list[TopicPartition]:
+        last: dict[tuple[str, int], int] = {}
+        for event in events:
+            key = (event.topic, event.partition)
+            if event.offset >= last.get(key, -1):
+                last[key] = event.offset
+        return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+    def _finish_pending(self) -> None:
+        """Wait for the batch in flight, then commit its offsets."""
+        if self._pending is None:
+            return
+        pending, offsets = self._pending, self._pending_offsets
+        self._pending, self._pending_offsets = None, []
+        pending.result()  # re-raises what the writer could not handle
+        if offsets and self._consumer is not None:
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                # The rows are durable; a failed commit only means a harmless redelivery.
+                log.warning("offset commit failed, the batch will be read again: %s", exc)
+
+    # -- PostgreSQL side ----------------------------------------------------------------------
+
+    def _write_with_retry(self, raw: list[RawEvent], batch: CleanBatch) -> None:
+        delay = 0.2
+        while True:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._connect_db()
+                written = self._write(raw, batch)
+                self.stats.add(batch, written)
+                return
+            except (Unavailable, psycopg.Error) as exc:
+                if isinstance(exc, psycopg.Error) and not is_outage(exc):
+                    raise
+                self.stats.retries += 1
+                self._drop_connection()
+                log.warning(
+                    "database unavailable (%s); retrying in %.1fs, nothing is committed meanwhile",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    delay,
+                )
+                if self.stop.wait(delay):
+                    raise Unavailable("stopped while the database was unavailable") from exc
+                delay = min(delay * 2, self.settings.ingest_retry_max_seconds)
+
+    def _write(self, raw: list[RawEvent], batch: CleanBatch) -> WriteResult:
+        assert self._conn is not None
+        try:
+            return write_batch(self._conn, batch)
+        except psycopg.Error as exc:
+            if is_outage(exc) or len(raw) == 0:
+                raise
+            if len(raw) == 1:
+                # Cleaning let through something the database refuses: dead-letter it.
+                reason = f"{Reason.REJECTED_BY_DATABASE}: {str(exc).strip().splitlines()[0]}"
+                event = raw[0]
+                rejected = CleanBatch(
+                    rejects=[
+                        Reject(
+                            event.topic, event.partition, event.offset, event.value or b"", reason
+                        )
+                    ]
+                )
+                log.error(
+                    "offset %s of %s[%s]: %s", event.offset, event.topic, event.partition, reason
+                )
+                return write_batch(self._conn, rejected)
+            half = len(raw) // 2
+            first = self._write(raw[:half], self._clean(raw[:half]))
+            second = self._write(raw[half:], self._clean(raw[half:]))
+            return WriteResult(
+                first.views + second.views,
+                first.order_lines + second.order_lines,
+                first.dead_letters + second.dead_letters,
+                first.duplicates + second.duplicates,
+            )
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _clean(self, raw: list[RawEvent]) -> CleanBatch:
+        return clean_batch(raw, max_event_bytes=self.settings.ingest_max_event_bytes)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self, until_idle: float | None = None) -> IngestStats:
+        """Consume until stopped, or until no event arrived for `until_idle` seconds."""
+        ensure_topics(self.bootstrap, list(self._kinds), self.settings.kafka_partitions)
+        self._conn = self._connect_db()
+        settings = self.settings
+        consumer = Consumer(
+            consumer_config(
+                self.bootstrap, settings.kafka_consumer_group, settings.kafka_session_timeout_ms
+            )
+        )
+        self._consumer = consumer
+        consumer.subscribe(list(self._kinds), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        log.info(
+            "consuming %s from %s as group %s",
+            ", ".join(self._kinds),
+            self.bootstrap,
+            settings.kafka_consumer_group,
+        )
+        self._last_activity = time.monotonic()
+        next_log = time.monotonic() + settings.ingest_log_every_seconds
+        last_logged = (0, time.monotonic())
+        try:
+            while not self.stop.is_set():
+                messages = consumer.consume(
+                    settings.ingest_batch_size, timeout=settings.ingest_batch_wait_ms / 1000
+                )
+                raw = self._raw_events(messages)
+                now = time.monotonic()
+                if raw:
+                    self._last_activity = now
+                    self.stats.consumed += len(raw)
+                    batch = self._clean(raw)
+                    self._finish_pending()
+                    self._pending = self._writer.submit(self._write_with_retry, raw, batch)
+                    self._pending_offsets = self._offsets(raw)
+                elif self._pending is not None and self._pending.done():
+                    self._finish_pending()
+                if now >= next_log:
+                    last_logged = self._log_progress(last_logged)
+                    next_log = now + settings.ingest_log_every_seconds
+                idle_for = now - self._last_activity
+                drained = (
+                    until_idle is not None and idle_for >= until_idle and self._pending is None
+                )
+                # Joining the group takes seconds; idle time only counts once we own partitions.
+                if drained and (self._assigned or idle_for >= max(until_idle, 30)):
+                    log.info("no new event for %.1fs: drained, stopping", idle_for)
+                    break
+            self._finish_pending()
+        finally:
+            self._shutdown(consumer)
+        return self.stats
+
+    def _shutdown(self, consumer: Consumer) -> None:
+        try:
+            if self._pending is not None and not self._pending.done():
+                self.stop.set()  # give up a retry loop; the batch stays uncommitted
+            self._pending = None
+            consumer.close()
+        finally:
+            self._writer.shutdown(wait=True)
+            self._drop_connection()
+            self._consumer = None
+
+    def _log_progress(self, last: tuple[int, float]) -> tuple[int, float]:
+        consumed, at = last
+        now = time.monotonic()
+        rate = (self.stats.consumed - consumed) / max(now - at, 1e-9)
+        log.info(
+            "%d events/s; stored %d views, %d order lines, %d dead letters, %d duplicates"
+            " skipped; lag %s",
+            rate,
+            self.stats.views,
+            self.stats.order_lines,
+            self.stats.dead_letters,
+            self.stats.duplicates,
+            self._lag(),
+        )
+        return self.stats.consumed, now
+
+    def _lag(self) -> str:
+        """Events on the broker not yet consumed, per topic."""
+        consumer = self._consumer
+        if consumer is None:
+            return "unknown"
+        try:
+            assignment = consumer.assignment()
+            if not assignment:
+                return "none (no partitions assigned)"
+            positions = consumer.position(assignment)
+            per_topic: dict[str, int] = {}
+            for tp in positions:
+                _, high = consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+                done = tp.offset if tp.offset >= 0 else 0
+                per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(high - done, 0)
+        except KafkaException as exc:
+            return f"unknown ({exc.args[0]})"
+        return ", ".join(f"{topic} {count}" for topic, count in sorted(per_topic.items()))
+
+
+def _describe(partitions: list[TopicPartition]) -> str:
+    if not partitions:
+        return "no partitions"
+    by_topic: dict[str, list[int]] = {}
+    for tp in partitions:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return "; ".join(f"{t} {sorted(p)}" for t, p in sorted(by_topic.items()))
