@@ -1,0 +1,31 @@
+"""The HTTP surface of `clickstream serve`: the recommendation API, the realtime view and its
+dashboard, in one ASGI app.
+
+Features plug in here: each adds its router with `app.include_router(...)` and, when it owns
+long-lived resources (a connection pool, a Kafka reader), enters them on `resources` in the
+lifespan so that shutdown releases them in reverse order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from clickstream import __version__
+from clickstream.config import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as resources:
+            app.state.resources = resources
+            yield
+
+    app = FastAPI(title="clickstream", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    return app
