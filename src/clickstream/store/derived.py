@@ -12,6 +12,16 @@ from __future__ import annotations
 
 __all__ = ["ORDER_LINE_DERIVATIONS", "VIEW_DERIVATIONS"]
 
-VIEW_DERIVATIONS: tuple[str, ...] = ()
+# Latest view per (user, product) for the recently-viewed API. Grouped because one batch may
+# hold several views of a pair; ordered so that concurrent consumers lock rows in one order.
+RECENT_VIEWS = """
+    INSERT INTO recent_views AS r (userid, productid, viewed_at)
+    SELECT userid, productid, max(viewed_at) FROM new_product_views
+    GROUP BY userid, productid ORDER BY userid, productid
+    ON CONFLICT (userid, productid) DO UPDATE SET viewed_at = excluded.viewed_at
+    WHERE r.viewed_at < excluded.viewed_at
+"""
+
+VIEW_DERIVATIONS: tuple[str, ...] = (RECENT_VIEWS,)
 
 ORDER_LINE_DERIVATIONS: tuple[str, ...] = ()

@@ -61,6 +61,23 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
         )
         """,
     ),
+    # A user's distinct products with their latest view: the recently-viewed API reads the
+    # first `limit` entries of one user from the index and stops, however long the history.
+    "0003_recently_viewed": (
+        """
+        CREATE TABLE recent_views (
+            userid    text NOT NULL,
+            productid text NOT NULL,
+            viewed_at timestamptz NOT NULL,
+            PRIMARY KEY (userid, productid)
+        )
+        """,
+        "CREATE INDEX recent_views_latest ON recent_views (userid, viewed_at DESC, productid)",
+        """
+        INSERT INTO recent_views (userid, productid, viewed_at)
+        SELECT userid, productid, max(viewed_at) FROM product_views GROUP BY userid, productid
+        """,
+    ),
 }
 
 
