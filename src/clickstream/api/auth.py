@@ -1,0 +1,42 @@
+"""The optional API key: when `api.key` is set, every `/api/` request must carry it.
+
+A plain ASGI middleware rather than a FastAPI dependency, so that no route under `/api/`,
+whoever adds it, can forget the check. The comparison takes the same time whatever the
+first wrong byte, so the key cannot be guessed one byte at a time from response times.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from clickstream.api.errors import error_response
+
+__all__ = ["HEADER", "ApiKeyMiddleware"]
+
+HEADER = "X-API-Key"
+_HEADER = HEADER.lower().encode()
+
+
+class ApiKeyMiddleware:
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/api/"):
+            given = next((v for k, v in scope["headers"] if k == _HEADER), b"")
+            if not hmac.compare_digest(given, self.key):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                reason = "wrong API key" if given else "missing API key"
+                response = error_response(
+                    401,
+                    f"{reason}: send it in the {HEADER} header",
+                    headers={"WWW-Authenticate": HEADER},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
