@@ -1,0 +1,1 @@
+"""The live 5-minute view: the sliding window (pure) and its Kafka source."""

@@ -1,0 +1,201 @@
+"""The live view's sliding window: exact, by event time, ending at the clock's now.
+
+Pure logic: the caller passes every event's time and the current time, so the window can be
+tested against a brute-force recomputation and replayed deterministically.
+
+Semantics, all times in integer milliseconds, window length `W`, arrival time `now`:
+
+- An event is *visible* at time `q` while `q - W < t <= q`, with `t` its (effective) event
+  time: it appears the moment it arrives and leaves exactly `W` after its event time, even
+  when it arrived out of order. Nothing else moves the window: asking at a later `q` expires
+  what has aged out, so the window empties when traffic stops.
+- *Late*: an event whose time is already out of the window on arrival (`t <= now - W`) is
+  counted in `late` and never shown.
+- *Future* (clock skew): an event up to `max_skew_ms` ahead of `now` already happened, on a
+  clock that runs a little fast; it is shown at once, placed at its arrival time
+  (`t = now`). Further ahead than that, the timestamp is broken rather than skewed: the event
+  is counted in `future` and not shown (holding it would make it pop up at some arbitrary
+  later moment).
+- *Duplicates*: an event whose `messageid` is already visible (the same event read twice,
+  e.g. re-read from another partition or after a restart) is counted in `duplicates` and
+  shown once.
+
+Cost: events are kept in buckets of one millisecond; a bucket's key goes on a deque when it
+is the newest so far (the usual case) and on a heap otherwise, so an event costs amortised
+O(1) dictionary updates, plus O(log n) only for an out-of-order millisecond not seen yet.
+Memory is proportional to the events inside the window.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = [
+    "DEFAULT_MAX_SKEW_MS",
+    "Snapshot",
+    "SlidingWindow",
+    "View",
+    "natural_key",
+    "ranked",
+]
+
+DEFAULT_MAX_SKEW_MS = 5_000
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key that puts `category-2` before `category-10`."""
+    parts = _DIGITS.split(text)
+    return tuple(
+        (0, int(part), part) if index % 2 else (1, 0, part) for index, part in enumerate(parts)
+    )
+
+
+def ranked(counts: dict[str, int]) -> list[tuple[str, int]]:
+    """Counts descending, then the name in natural order."""
+    return sorted(counts.items(), key=lambda item: (-item[1], natural_key(item[0])))
+
+
+class View(NamedTuple):
+    """One product view as the window needs it; `at_ms` is the event time in epoch ms."""
+
+    messageid: str
+    userid: str
+    category: str
+    platform: str
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the window holds at `as_of_ms`; counts ranked, users in natural order."""
+
+    as_of_ms: int
+    window_ms: int
+    users: list[str]
+    categories: list[tuple[str, int]]
+    platforms: list[tuple[str, int]]
+    views: int
+    late: int
+    future: int
+    duplicates: int
+
+
+def _add(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+def _remove(counts: dict[str, int], key: str) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
+class SlidingWindow:
+    """Distinct users, views per category and per platform over the last `window_ms`."""
+
+    def __init__(self, window_ms: int, *, max_skew_ms: int = DEFAULT_MAX_SKEW_MS) -> None:
+        if window_ms <= 0:
+            raise ValueError("the window must be longer than 0 ms")
+        if max_skew_ms < 0:
+            raise ValueError("the accepted clock skew cannot be negative")
+        self.window_ms = window_ms
+        self.max_skew_ms = max_skew_ms
+        self.late = 0
+        self.future = 0
+        self.duplicates = 0
+        self._buckets: dict[int, list[View]] = {}
+        self._in_order: deque[int] = deque()
+        self._out_of_order: list[int] = []
+        self._messageids: set[str] = set()
+        self._users: dict[str, int] = {}
+        self._categories: dict[str, int] = {}
+        self._platforms: dict[str, int] = {}
+        self._now_ms: int | None = None
+
+    def __len__(self) -> int:
+        """Events visible now (as of the last `add` or `advance`)."""
+        return len(self._messageids)
+
+    def add(self, views: Iterable[View], now_ms: int) -> int:
+        """Place a batch of views that arrived at `now_ms`; return how many became visible."""
+        self.advance(now_ms)
+        cutoff = now_ms - self.window_ms
+        horizon = now_ms + self.max_skew_ms
+        buckets, messageids = self._buckets, self._messageids
+        users, categories, platforms = self._users, self._categories, self._platforms
+        in_order = self._in_order
+        accepted = 0
+        for view in views:
+            at = view.at_ms
+            if at <= cutoff:
+                self.late += 1
+                continue
+            if at > now_ms:
+                if at > horizon:
+                    self.future += 1
+                    continue
+                at = now_ms
+            messageid = view.messageid
+            if messageid in messageids:
+                self.duplicates += 1
+                continue
+            messageids.add(messageid)
+            bucket = buckets.get(at)
+            if bucket is None:
+                buckets[at] = [view]
+                if not in_order or at > in_order[-1]:
+                    in_order.append(at)
+                else:
+                    heapq.heappush(self._out_of_order, at)
+            else:
+                bucket.append(view)
+            users[view.userid] = users.get(view.userid, 0) + 1
+            categories[view.category] = categories.get(view.category, 0) + 1
+            platforms[view.platform] = platforms.get(view.platform, 0) + 1
+            accepted += 1
+        return accepted
+
+    def advance(self, now_ms: int) -> None:
+        """Move the window's end to `now_ms` (never backwards), expiring what aged out."""
+        if self._now_ms is not None and now_ms < self._now_ms:
+            now_ms = self._now_ms
+        self._now_ms = now_ms
+        cutoff = now_ms - self.window_ms
+        in_order, out_of_order = self._in_order, self._out_of_order
+        while in_order and in_order[0] <= cutoff:
+            self._expire(in_order.popleft())
+        while out_of_order and out_of_order[0] <= cutoff:
+            self._expire(heapq.heappop(out_of_order))
+
+    def _expire(self, at: int) -> None:
+        messageids = self._messageids
+        users, categories, platforms = self._users, self._categories, self._platforms
+        for view in self._buckets.pop(at):
+            messageids.discard(view.messageid)
+            _remove(users, view.userid)
+            _remove(categories, view.category)
+            _remove(platforms, view.platform)
+
+    def snapshot(self, now_ms: int) -> Snapshot:
+        """The window as of `now_ms` (which expires what aged out by then)."""
+        self.advance(now_ms)
+        return Snapshot(
+            as_of_ms=self._now_ms if self._now_ms is not None else now_ms,
+            window_ms=self.window_ms,
+            users=sorted(self._users, key=natural_key),
+            categories=ranked(self._categories),
+            platforms=ranked(self._platforms),
+            views=len(self._messageids),
+            late=self.late,
+            future=self.future,
+            duplicates=self.duplicates,
+        )
