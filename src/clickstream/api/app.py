@@ -14,11 +14,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from clickstream import __version__
-from clickstream.api import health, recently_viewed
+from clickstream.api import health, realtime, recently_viewed
 from clickstream.api.auth import ApiKeyMiddleware
 from clickstream.api.database import Database
 from clickstream.api.errors import install_error_handlers
 from clickstream.config import Settings
+from clickstream.realtime.source import RealtimeSource
 
 __all__ = ["create_app"]
 
@@ -29,15 +30,18 @@ def create_app(settings: Settings) -> FastAPI:
         async with AsyncExitStack() as resources:
             app.state.resources = resources
             resources.push_async_callback(app.state.database.close)
+            app.state.realtime = resources.enter_context(RealtimeSource(settings))
             yield
 
     app = FastAPI(title="clickstream", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.database = Database(settings)
     app.state.broker = health.Broker(settings)
+    app.state.recent_views = recently_viewed.reader(app.state.database)
     install_error_handlers(app)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key)
     app.include_router(recently_viewed.router)
     app.include_router(health.router)
+    app.include_router(realtime.router)
     return app

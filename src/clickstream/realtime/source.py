@@ -1,0 +1,301 @@
+"""The live view's Kafka source: the views topic straight into a `SlidingWindow`.
+
+It reads every partition itself (assigned, not subscribed: no consumer group, no commits),
+so any number of servers can each hold the whole window. On start it seeks to "now minus
+the window" by record timestamp, so a restart is right at once without waiting a window.
+The seek is only a shortcut: Tansu answers `offsets_for_times` with the earliest offset, and
+a record's timestamp need not match its event time, so the window's event-time rule is what
+decides. Records of that backlog (already on the broker at start) that are older than the
+window are skipped, not counted as late: they were not late, they are history.
+
+Events are cleaned with the consumer's own rules (`clean_batch`); what it rejects is simply
+not shown (the ingest dead-letters it). Products are mapped to categories with the catalog
+in PostgreSQL, re-read every `CATALOG_REFRESH_SECONDS`; a view keeps the category it had on
+arrival, and a product missing from the catalog is shown as `NOT_IN_CATALOG`.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+
+from clickstream.config import Settings
+from clickstream.errors import ClickstreamError
+from clickstream.events import Kind, RawEvent, clean_batch
+from clickstream.kafka.client import ensure_topics
+from clickstream.realtime.window import SlidingWindow, Snapshot, View
+
+__all__ = [
+    "CATALOG_REFRESH_SECONDS",
+    "NOT_IN_CATALOG",
+    "LiveState",
+    "RealtimeSource",
+    "epoch_ms",
+]
+
+log = logging.getLogger("clickstream.realtime")
+
+NOT_IN_CATALOG = "(not in catalog)"
+CATALOG_REFRESH_SECONDS = 30.0
+# Seek a little before the window: a record's timestamp may trail its event time.
+SEEK_MARGIN_MS = 60_000
+BATCH_SIZE = 10_000
+POLL_SECONDS = 0.05
+
+_seconds_cache: dict[str, int] = {}
+
+
+def epoch_ms(stamp: str) -> int:
+    """`2026-11-24T13:00:00.123Z` (the one format `clean_batch` emits) in epoch milliseconds.
+
+    The whole-second part is parsed once per second of event time, not once per event.
+    """
+    head = stamp[:19]
+    seconds = _seconds_cache.get(head)
+    if seconds is None:
+        if len(_seconds_cache) > 4096:
+            _seconds_cache.clear()
+        seconds = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
+        _seconds_cache[head] = seconds
+    return seconds * 1000 + int(stamp[20:23])
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """A snapshot plus what the source knows about itself."""
+
+    snapshot: Snapshot
+    catching_up: bool
+    connected: bool
+    received: int
+
+
+class RealtimeSource:
+    """Feeds a window from Kafka on a background thread; `state()` reads it at any time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bootstrap: str | None = None,
+        clock: Callable[[], int] = _now_ms,
+        catalog_refresh_seconds: float = CATALOG_REFRESH_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.topic = settings.kafka_views_topic
+        self.window = SlidingWindow(settings.realtime_window_seconds * 1000)
+        self.received = 0
+        self._bootstrap = bootstrap
+        self._clock = clock
+        self._catalog: dict[str, str] = {}
+        self._catalog_refresh = catalog_refresh_seconds
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._backlog_end: dict[int, int] = {}
+        self._caught_up = threading.Event()
+        self._connected = False
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def start(self) -> RealtimeSource:
+        """Start reading in the background; returns at once (`wait_caught_up` to wait)."""
+        for name, target in (("catalog", self._catalog_loop), ("reader", self._reader_loop)):
+            thread = threading.Thread(target=target, name=f"clickstream-realtime-{name}")
+            thread.daemon = True
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+        self._threads.clear()
+
+    def __enter__(self) -> RealtimeSource:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def wait_caught_up(self, timeout: float) -> bool:
+        """True once everything that was on the broker at start has been read."""
+        return self._caught_up.wait(timeout)
+
+    def state(self) -> LiveState:
+        with self._lock:
+            snapshot = self.window.snapshot(self._clock())
+        return LiveState(snapshot, not self._caught_up.is_set(), self._connected, self.received)
+
+    # -- the catalog ----------------------------------------------------------------------------
+
+    def _catalog_loop(self) -> None:
+        while not self._stop.is_set():
+            loaded = self._load_catalog()
+            self._stop.wait(self._catalog_refresh if loaded else min(self._catalog_refresh, 2))
+
+    def _load_catalog(self) -> bool:
+        from clickstream.services.embedded import database_url
+
+        try:
+            with psycopg.connect(database_url(self.settings), connect_timeout=5) as conn:
+                rows = conn.execute("SELECT productid, categoryid FROM products").fetchall()
+        except (psycopg.Error, ClickstreamError) as exc:
+            log.warning(
+                "cannot read the catalog, keeping %d products: %s",
+                len(self._catalog),
+                str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
+            )
+            return False
+        self._catalog = dict(rows)
+        return True
+
+    # -- Kafka --------------------------------------------------------------------------------
+
+    def _reader_loop(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self._read()
+                return
+            except (KafkaException, ClickstreamError) as exc:
+                self._connected = False
+                log.warning(
+                    "live view cannot read %s (%s); retrying in %.1fs", self.topic, exc, delay
+                )
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _consumer(self, bootstrap: str) -> Consumer:
+        return Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                # librdkafka wants a group id even for assigned partitions; nothing is committed.
+                "group.id": f"clickstream-realtime-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 50,
+                "enable.partition.eof": False,
+            }
+        )
+
+    def _seek(self, consumer: Consumer) -> None:
+        """Assign every partition at "now minus the window"; note where the backlog ends."""
+        metadata = consumer.list_topics(self.topic, timeout=10)
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise ClickstreamError(f"topic {self.topic} has no partitions yet")
+        since = self._clock() - self.window.window_ms - SEEK_MARGIN_MS
+        wanted = [TopicPartition(self.topic, p, since) for p in sorted(topic.partitions)]
+        found = consumer.offsets_for_times(wanted, timeout=10)
+        start = [
+            TopicPartition(self.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+            for tp in found
+        ]
+        self._backlog_end = {}
+        for tp in start:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            first = tp.offset if tp.offset >= 0 else high
+            if high > first:
+                self._backlog_end[tp.partition] = high
+        consumer.assign(start)
+        log.info(
+            "live view reads %s from %d partitions, %d events of backlog",
+            self.topic,
+            len(start),
+            sum(self._backlog_end.values())
+            - sum(tp.offset for tp in start if tp.partition in self._backlog_end),
+        )
+
+    def _read(self) -> None:
+        from clickstream.services.embedded import bootstrap_servers
+
+        bootstrap = self._bootstrap or bootstrap_servers(self.settings)
+        ensure_topics(bootstrap, [self.topic], self.settings.kafka_partitions)
+        consumer = self._consumer(bootstrap)
+        try:
+            self._seek(consumer)
+            self._connected = True
+            if not self._backlog_end:
+                self._caught_up.set()
+            while not self._stop.is_set():
+                messages = consumer.consume(BATCH_SIZE, timeout=POLL_SECONDS)
+                if messages:
+                    self._take(messages)
+        finally:
+            with contextlib.suppress(KafkaException, RuntimeError):
+                consumer.close()
+
+    def _take(self, messages: list) -> None:
+        topic = self.topic
+        backlog = self._backlog_end
+        live: list[RawEvent] = []
+        history: list[RawEvent] = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("broker reported: %s", error)
+                continue
+            partition, offset = message.partition(), message.offset()
+            _, timestamp = message.timestamp()
+            event = RawEvent(
+                Kind.VIEW,
+                topic,
+                partition,
+                offset,
+                message.value(),
+                timestamp if timestamp > 0 else None,
+            )
+            end = backlog.get(partition) if backlog else None
+            if end is None:
+                live.append(event)
+                continue
+            history.append(event)
+            if offset + 1 >= end:
+                del backlog[partition]
+                if not backlog:
+                    self._caught_up.set()
+        now = self._clock()
+        views = self._views(live)
+        if history:
+            # Backlog older than the window is history the seek could not skip, not late.
+            oldest = now - self.window.window_ms
+            views.extend(v for v in self._views(history) if v.at_ms > oldest)
+        if views:
+            with self._lock:
+                self.window.add(views, now)
+        self.received += len(live) + len(history)
+
+    def _views(self, raw: list[RawEvent]) -> list[View]:
+        if not raw:
+            return []
+        rows = clean_batch(raw, max_event_bytes=self.settings.ingest_max_event_bytes).views
+        catalog = self._catalog
+        return [
+            View(
+                row.messageid,
+                row.userid,
+                catalog.get(row.productid, NOT_IN_CATALOG),
+                row.source,
+                epoch_ms(row.viewed_at),
+            )
+            for row in rows
+        ]
