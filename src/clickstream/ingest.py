@@ -84,6 +84,11 @@ class Ingestor:
         self._last_activity = time.monotonic()
         self._assigned = False
 
+    @property
+    def assigned(self) -> bool:
+        """True once the group gave this member partitions (joining takes seconds)."""
+        return self._assigned
+
     # -- Kafka side ---------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -1,0 +1,209 @@
+"""`clickstream bench ingest`: how close the full pipeline comes to PostgreSQL's own COPY.
+
+Both legs store the same cleaned view rows into the same `product_views` table of a scratch
+database, so the ratio isolates what Kafka, the consumer loop, cleaning and the exactly-once
+merge cost on top of the fastest possible write:
+
+  (a) one raw COPY of the rows (the ceiling);
+  (b) produce the raw events at max speed into fresh topics while a consumer group member
+      ingests them, timed from the first send until the last row is committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from psycopg.conninfo import make_conninfo
+from tqdm import tqdm
+
+from clickstream.config import Settings
+from clickstream.events import Kind, RawEvent, clean_batch
+from clickstream.generate import view_lines
+from clickstream.ingest import Ingestor
+from clickstream.kafka.client import ensure_topics
+from clickstream.kafka.producer import TimestampClock, produce_lines, stamp
+from clickstream.services.embedded import bootstrap_servers, database_url
+from clickstream.store.db import connect
+from clickstream.store.writer import copy_views
+
+__all__ = ["IngestFigures", "run_ingest_benchmark"]
+
+SCRATCH_DATABASE = "clickstream_bench"
+
+
+@dataclass(frozen=True)
+class IngestFigures:
+    events: int
+    copy_seconds: float
+    pipeline_seconds: float
+    produce_seconds: float
+
+    @property
+    def copy_rate(self) -> float:
+        return self.events / self.copy_seconds
+
+    @property
+    def pipeline_rate(self) -> float:
+        return self.events / self.pipeline_seconds
+
+    @property
+    def ratio(self) -> float:
+        return self.pipeline_rate / self.copy_rate
+
+
+def scratch_database(settings: Settings, name: str = SCRATCH_DATABASE) -> str:
+    """Recreate an empty database `name` on the configured server; return its URL.
+
+    Benchmarks never touch the real tables: they run on the same server, in their own
+    database, dropped and created afresh each run.
+    """
+    server = database_url(settings)
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name}")
+    return make_conninfo(server, dbname=name)
+
+
+def run_ingest_benchmark(settings: Settings, *, events: int, seed: int) -> IngestFigures:
+    bootstrap = bootstrap_servers(settings)
+    run = uuid.uuid4().hex[:8]
+    bench = dataclasses.replace(
+        settings,
+        database_url=scratch_database(settings),
+        kafka_views_topic=f"bench-views-{run}",
+        kafka_orders_topic=f"bench-orders-{run}",
+        kafka_consumer_group=f"bench-ingest-{run}",
+    )
+    print(f"scratch database {SCRATCH_DATABASE}, topics {bench.kafka_views_topic} (+orders)")
+
+    started = time.monotonic()
+    lines = view_lines(events, seed=seed)
+    print(f"generated {len(lines):,} views in {time.monotonic() - started:.1f}s")
+
+    try:
+        copy_seconds = _raw_copy(bench, lines)
+        print(
+            f"(a) raw COPY: {events:,} rows in {copy_seconds:.2f}s"
+            f" = {events / copy_seconds:,.0f} rows/s"
+        )
+        pipeline_seconds, produce_seconds = _full_path(bench, bootstrap, lines)
+        print(
+            f"(b) produce -> consume -> PostgreSQL: {events:,} events in {pipeline_seconds:.2f}s"
+            f" = {events / pipeline_seconds:,.0f} events/s"
+            f" (producing alone took {produce_seconds:.2f}s)"
+        )
+    finally:
+        _delete_topics(bootstrap, [bench.kafka_views_topic, bench.kafka_orders_topic])
+    figures = IngestFigures(events, copy_seconds, pipeline_seconds, produce_seconds)
+    print(
+        f"end to end {figures.pipeline_rate:,.0f} events/s,"
+        f" raw COPY {figures.copy_rate:,.0f} rows/s, ratio={figures.ratio:.2f}"
+    )
+    return figures
+
+
+def _raw_copy(settings: Settings, lines: list[bytes]) -> float:
+    """Clean the events as the consumer would, then time one COPY of the rows alone."""
+    clock = TimestampClock()
+    raw = [
+        RawEvent(
+            Kind.VIEW, settings.kafka_views_topic, 0, offset, stamp(line, clock.now())[1], None
+        )
+        for offset, line in enumerate(lines)
+    ]
+    batch = clean_batch(raw, max_event_bytes=settings.ingest_max_event_bytes)
+    if batch.rejects:
+        raise RuntimeError(f"generated events must be valid: {batch.rejects[0].reason}")
+    with connect(settings) as conn:
+        with conn.cursor() as cur:
+            started = time.monotonic()
+            with conn.transaction():
+                copy_views(cur, batch.views)
+            took = time.monotonic() - started
+        conn.execute("TRUNCATE product_views")
+        conn.commit()
+    return took
+
+
+def _full_path(settings: Settings, bootstrap: str, lines: list[bytes]) -> tuple[float, float]:
+    """Time (b); return (seconds until every row is stored, seconds the producer took)."""
+    path = settings.data_dir / f"{settings.kafka_views_topic}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    try:
+        return _timed_pipeline(settings, bootstrap, path, len(lines))
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _timed_pipeline(
+    settings: Settings, bootstrap: str, path: Path, total: int
+) -> tuple[float, float]:
+    ensure_topics(
+        bootstrap,
+        [settings.kafka_views_topic, settings.kafka_orders_topic],
+        settings.kafka_partitions,
+    )
+    # The producer is a separate process, as in production: it must not share a GIL with
+    # the consumer it is measured against. It starts before any Kafka client of ours exists.
+    ctx = multiprocessing.get_context("spawn")
+    go, done = ctx.Event(), ctx.Queue()
+    producer = ctx.Process(
+        target=_produce, args=(bootstrap, settings.kafka_views_topic, path, go, done)
+    )
+    producer.start()
+    ingestor = Ingestor(settings, bootstrap)
+    consumer = threading.Thread(target=ingestor.run, name="bench-consumer", daemon=True)
+    consumer.start()
+    try:
+        print("waiting for the consumer to join its group ...")
+        while not ingestor.assigned:
+            if not consumer.is_alive():
+                raise RuntimeError("the consumer stopped before it was assigned partitions")
+            time.sleep(0.05)
+        started = time.monotonic()
+        go.set()
+        with tqdm(total=total, unit="ev", unit_scale=True, desc="stored") as bar:
+            while ingestor.stats.views < total:
+                if not consumer.is_alive():
+                    raise RuntimeError("the consumer stopped before storing every event")
+                time.sleep(0.02)
+                bar.update(ingestor.stats.views - bar.n)
+            bar.update(ingestor.stats.views - bar.n)
+        took = time.monotonic() - started
+        produce_seconds, delivered = done.get(timeout=120)
+    finally:
+        ingestor.stop.set()
+        go.set()
+        producer.join()
+        consumer.join()
+    if delivered != total:
+        raise RuntimeError(f"the producer delivered {delivered:,} of {total:,} events")
+    return took, produce_seconds
+
+
+def _produce(bootstrap: str, topic: str, path: Path, go, done) -> None:
+    with open(path, "rb") as handle:
+        lines = handle.readlines()
+    go.wait()
+    started = time.monotonic()
+    result = produce_lines(bootstrap, topic, lines)
+    done.put((time.monotonic() - started, result.delivered))
+
+
+def _delete_topics(bootstrap: str, topics: list[str]) -> None:
+    """Tansu keeps topics in memory: give the benchmark's back."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.delete_topics(topics, operation_timeout=15).values():
+        with contextlib.suppress(KafkaException):  # already gone is fine
+            future.result(timeout=15)
