@@ -1,0 +1,156 @@
+"""`clickstream demo`: the whole system on embedded services, with generated traffic.
+
+A newcomer's first command. It starts what is not running, generates a catalog and events,
+replays them at a steady pace (so the live numbers move while you watch), ingests them into
+PostgreSQL and prints what arrived every few seconds. The services stay up afterwards, so
+every other command can be tried against the demo's data.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from clickstream.catalog import read_catalog
+from clickstream.config import Settings
+from clickstream.generate import generate, write_dataset
+from clickstream.ingest import Ingestor
+from clickstream.kafka.producer import produce_lines
+from clickstream.prepare import prepare
+from clickstream.services import embedded
+from clickstream.store.catalog import upsert_products
+from clickstream.store.db import connect
+
+__all__ = ["run_demo"]
+
+log = logging.getLogger("clickstream.demo")
+
+VIEWS_PER_SECOND = 400
+ORDERS_PER_SECOND = 20
+REPORT_EVERY_SECONDS = 5
+
+# A few events the consumer must refuse, to show where bad input goes.
+BAD_VIEWS = [
+    b'{"event": "ProductView", "messageid": "demo-bad-1", "userid": "user-1"',
+    b'{"event": "ProductView", "messageid": "demo-bad-2", "userid": 42,'
+    b' "properties": {"productid": "product-1"}, "context": {"source": "ios"}}',
+]
+BAD_ORDERS = [
+    b'{"event": "OrderEvent", "messageid": "demo-bad-3", "userid": "user-2", "orderid": 1,'
+    b' "lineitems": [{"productid": "product-1", "quantity": 0}]}',
+]
+
+
+def run_demo(settings: Settings, *, duration: float, stop: threading.Event) -> int:
+    print(f"clickstream demo: {duration:g}s of generated traffic on embedded services")
+    embedded.up(settings)
+    prepare(settings)
+    bootstrap = embedded.bootstrap_servers(settings)
+    for service in embedded.status(settings):
+        print(f"  {service.name:<9} {service.address}")
+
+    views_needed = int(VIEWS_PER_SECOND * duration) + 1
+    orders_needed = int(ORDERS_PER_SECOND * duration) + 1
+    out = settings.data_dir / "demo"
+    dataset = generate(
+        users=2_000,
+        products=500,
+        categories=20,
+        views=views_needed,
+        orders=orders_needed,
+        seed=int(time.time()),
+    )
+    paths = write_dataset(dataset, out)
+    print(f"generated {views_needed:,} views and {orders_needed:,} orders into {out}")
+    _load_catalog(settings, paths["catalog"])
+
+    ingestor = Ingestor(settings, bootstrap)
+    consumer = threading.Thread(target=ingestor.run, name="demo-consumer", daemon=True)
+    consumer.start()
+    producing = threading.Event()  # set: stop producing
+    producers = [
+        _replay(bootstrap, settings.kafka_views_topic, dataset.views, VIEWS_PER_SECOND, producing),
+        _replay(
+            bootstrap, settings.kafka_orders_topic, dataset.orders, ORDERS_PER_SECOND, producing
+        ),
+        _replay(bootstrap, settings.kafka_views_topic, BAD_VIEWS, None, producing),
+        _replay(bootstrap, settings.kafka_orders_topic, BAD_ORDERS, None, producing),
+    ]
+    print(
+        f"producing {VIEWS_PER_SECOND} views/s and {ORDERS_PER_SECOND} orders/s"
+        f" into {settings.kafka_views_topic} and {settings.kafka_orders_topic}; Ctrl-C stops"
+    )
+
+    deadline = time.monotonic() + duration
+    while not stop.wait(min(REPORT_EVERY_SECONDS, max(deadline - time.monotonic(), 0))):
+        _print_progress(ingestor)
+        if time.monotonic() >= deadline or not consumer.is_alive():
+            break
+    producing.set()
+    for producer in producers:
+        producer.join()
+    _drain(ingestor, consumer, stop)
+    _print_progress(ingestor)
+    _print_summary(settings)
+    print("the services keep running: try `clickstream status`; `clickstream down` stops them")
+    return 0
+
+
+def _load_catalog(settings: Settings, path: Path) -> None:
+    rows = read_catalog(path)
+    with connect(settings) as conn:
+        upsert_products(conn, rows)
+    print(f"loaded {len(rows):,} products into the catalog")
+
+
+def _replay(
+    bootstrap: str, topic: str, lines: list[bytes], rate: float | None, stop: threading.Event
+) -> threading.Thread:
+    thread = threading.Thread(
+        target=produce_lines,
+        args=(bootstrap, topic, lines),
+        kwargs={"rate": rate, "stop": stop},
+        name=f"demo-producer-{topic}",
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
+def _drain(ingestor: Ingestor, consumer: threading.Thread, stop: threading.Event) -> None:
+    """Let the consumer store what was produced (unless Ctrl-C asked to stop), then stop it."""
+    seen, quiet_since = -1, time.monotonic()
+    while consumer.is_alive() and time.monotonic() - quiet_since < 2 and not stop.wait(0.2):
+        if ingestor.stats.consumed != seen:
+            seen, quiet_since = ingestor.stats.consumed, time.monotonic()
+    ingestor.stop.set()
+    consumer.join()
+
+
+def _print_progress(ingestor: Ingestor) -> None:
+    stats = ingestor.stats
+    print(
+        f"stored {stats.views:,} views, {stats.order_lines:,} order lines,"
+        f" {stats.dead_letters:,} dead letters"
+    )
+
+
+def _print_summary(settings: Settings) -> None:
+    with connect(settings) as conn:
+        views, users, products = conn.execute(
+            "SELECT count(*), count(DISTINCT userid), count(DISTINCT productid) FROM product_views"
+        ).fetchone()
+        lines, orders = conn.execute(
+            "SELECT count(*), count(DISTINCT orderid) FROM order_lines"
+        ).fetchone()
+        reasons = conn.execute(
+            "SELECT split_part(reason, ':', 1), count(*) FROM dead_letters GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    print(
+        f"in PostgreSQL: {views:,} views by {users:,} users of {products:,} products;"
+        f" {lines:,} order lines of {orders:,} orders"
+    )
+    if reasons:
+        print("dead letters: " + ", ".join(f"{count} {reason}" for reason, count in reasons))
