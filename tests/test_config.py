@@ -1,0 +1,248 @@
+"""Settings: defaults, then config.yml, then CLICKSTREAM_* variables; bad values named clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clickstream.config import SETTINGS, Settings, load_settings
+from clickstream.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _no_local_config(tmp_path, monkeypatch):
+    """Run each test in an empty folder, so a ./config.yml of the checkout is not read."""
+    monkeypatch.chdir(tmp_path)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_apply_without_a_file_or_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    settings = load_settings(env={})
+    assert settings.source == "defaults"
+    assert settings.kafka_bootstrap_servers is None and settings.embedded_kafka
+    assert settings.database_url is None and settings.embedded_database
+    assert settings.topics == ("product-views", "orders")
+    assert settings.kafka_partitions == 4
+    assert settings.ingest_batch_size == 20000
+    assert settings.api_access_log is True
+    assert settings.realtime_window_seconds == 300
+    assert settings.data_dir == tmp_path / "xdg" / "clickstream"
+    assert settings.reports_dir == Path("reports")
+
+
+def test_every_setting_has_one_env_variable_and_one_attribute():
+    names = [s.env for s in SETTINGS]
+    assert len(names) == len(set(names))
+    for setting in SETTINGS:
+        section_and_name = setting.key.replace(".", "_").upper()
+        assert setting.env == f"CLICKSTREAM_{section_and_name}"
+        assert setting.attr in Settings.__dataclass_fields__
+        assert setting.help
+    assert "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS" in names
+    assert "CLICKSTREAM_DATABASE_URL" in names
+    assert "CLICKSTREAM_DATA_DIR" in names
+    assert "CLICKSTREAM_REPORTS_DIR" in names
+
+
+def test_config_yml_sets_values_in_sections(tmp_path):
+    path = write(
+        tmp_path / "settings.yml",
+        """
+data_dir: /srv/clickstream
+reports_dir: /srv/reports
+kafka:
+  bootstrap_servers: kafka-1:9092,kafka-2:9092
+  views_topic: pv
+  partitions: 12
+database:
+  url: postgresql://app@db/clicks
+ingest:
+  retry_max_seconds: 2.5
+api:
+  access_log: false
+""",
+    )
+    settings = load_settings(path, env={})
+    assert settings.source == str(path)
+    assert settings.data_dir == Path("/srv/clickstream")
+    assert settings.reports_dir == Path("/srv/reports")
+    assert settings.kafka_bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert not settings.embedded_kafka
+    assert settings.topics == ("pv", "orders")
+    assert settings.kafka_partitions == 12
+    assert settings.database_url == "postgresql://app@db/clicks"
+    assert settings.ingest_retry_max_seconds == 2.5
+    assert settings.api_access_log is False
+
+
+def test_environment_overrides_the_file_which_overrides_the_defaults(tmp_path):
+    path = write(tmp_path / "c.yml", "kafka:\n  partitions: 8\n  views_topic: from-file\n")
+    env = {"CLICKSTREAM_KAFKA_PARTITIONS": "16"}
+    settings = load_settings(path, env=env)
+    assert settings.kafka_partitions == 16  # environment beats the file
+    assert settings.kafka_views_topic == "from-file"  # the file beats the default
+    assert settings.kafka_orders_topic == "orders"  # the default where nobody says otherwise
+
+
+def test_every_setting_can_be_set_from_the_environment():
+    samples = {
+        "data_dir": "/d",
+        "reports_dir": "/r",
+        "kafka.bootstrap_servers": "k:9092",
+        "database.url": "postgresql://x@y/z",
+        "api.host": "0.0.0.0",
+        "api.key": "secret",
+        "kafka.views_topic": "v",
+        "kafka.orders_topic": "o",
+        "kafka.consumer_group": "g",
+        "api.access_log": "no",
+        "ingest.max_event_bytes": "1000",
+        "kafka.session_timeout_ms": "7000",
+    }
+    for setting in SETTINGS:
+        value = samples.get(setting.key, "7")
+        settings = load_settings(env={setting.env: value})
+        parsed = getattr(settings, setting.attr)
+        expected = setting.parse(value)
+        if setting.key.endswith("_dir"):
+            expected = Path(expected)
+        assert parsed == expected, setting.key
+        assert parsed != setting.default or setting.default is None, setting.key
+
+
+def test_config_file_is_found_by_variable_by_option_and_in_the_working_folder(tmp_path):
+    by_variable = write(tmp_path / "by-variable.yml", "kafka:\n  views_topic: by-variable\n")
+    by_option = write(tmp_path / "by-option.yml", "kafka:\n  views_topic: by-option\n")
+    write(tmp_path / "config.yml", "kafka:\n  views_topic: local\n")
+    assert load_settings(env={}).kafka_views_topic == "local"
+    env = {"CLICKSTREAM_CONFIG": str(by_variable)}
+    assert load_settings(env=env).kafka_views_topic == "by-variable"
+    assert load_settings(by_option, env=env).kafka_views_topic == "by-option"
+
+
+def test_an_empty_file_means_all_defaults(tmp_path):
+    for text in ["", "# nothing\n", "kafka:\n"]:
+        path = write(tmp_path / "empty.yml", text)
+        assert load_settings(path, env={}).kafka_partitions == 4
+
+
+def test_an_empty_variable_for_an_address_means_embedded(tmp_path):
+    path = write(tmp_path / "c.yml", "database:\n  url: postgresql://db/x\n")
+    settings = load_settings(path, env={"CLICKSTREAM_DATABASE_URL": "  "})
+    assert settings.database_url is None and settings.embedded_database
+
+
+def test_values_are_trimmed_and_paths_expanded(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    env = {"CLICKSTREAM_DATA_DIR": "~/clicks", "CLICKSTREAM_INGEST_BATCH_SIZE": " 500 "}
+    settings = load_settings(env=env)
+    assert settings.data_dir == tmp_path / "clicks"
+    assert settings.ingest_batch_size == 500
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("CLICKSTREAM_KAFKA_PARTITIONS", "four", "expected a whole number"),
+        ("CLICKSTREAM_KAFKA_PARTITIONS", "0", "at least 1 and at most 1024"),
+        ("CLICKSTREAM_KAFKA_PARTITIONS", "1025", "at least 1 and at most 1024"),
+        ("CLICKSTREAM_KAFKA_PARTITIONS", "2.5", "expected a whole number"),
+        ("CLICKSTREAM_INGEST_BATCH_SIZE", "-1", "at least 1"),
+        ("CLICKSTREAM_INGEST_MAX_EVENT_BYTES", "10", "at least 64"),
+        ("CLICKSTREAM_INGEST_RETRY_MAX_SECONDS", "0", "greater than 0"),
+        ("CLICKSTREAM_INGEST_RETRY_MAX_SECONDS", "soon", "expected a number"),
+        ("CLICKSTREAM_INGEST_RETRY_MAX_SECONDS", "nan", "greater than 0"),
+        ("CLICKSTREAM_API_PORT", "65536", "at most 65535"),
+        ("CLICKSTREAM_API_ACCESS_LOG", "maybe", "expected true or false"),
+        ("CLICKSTREAM_DEMO_DURATION", "-5", "greater than 0"),
+    ],
+)
+def test_a_bad_variable_names_itself_its_value_and_what_was_expected(variable, value, expected):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={variable: value})
+    message = str(caught.value)
+    assert message.startswith(f"{variable}={value!r}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key", "expected"),
+    [
+        ("kafka:\n  partitions: many\n", "kafka.partitions", "expected a whole number"),
+        ("kafka:\n  partitions: true\n", "kafka.partitions", "expected a whole number"),
+        ("ingest:\n  batch_size: 0\n", "ingest.batch_size", "at least 1"),
+        ("reports_dir: [a, b]\n", "reports_dir", "expected text"),
+        ("kafka:\n  views_topic: {a: 1}\n", "kafka.views_topic", "expected text"),
+        ("api:\n  access_log: sometimes\n", "api.access_log", "expected true or false"),
+    ],
+)
+def test_a_bad_value_in_the_file_names_the_file_and_the_setting(tmp_path, yaml_text, key, expected):
+    path = write(tmp_path / "bad.yml", yaml_text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {key}=")
+    assert expected in message
+
+
+def test_a_good_variable_overrides_a_bad_value_in_the_file(tmp_path):
+    path = write(tmp_path / "c.yml", "kafka:\n  partitions: many\n")
+    settings = load_settings(path, env={"CLICKSTREAM_KAFKA_PARTITIONS": "2"})
+    assert settings.kafka_partitions == 2
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "unknown"),
+    [
+        ("kafka:\n  bootstrap_server: k:9092\n", "kafka.bootstrap_server"),
+        ("kakfa:\n  partitions: 2\n", "kakfa"),
+        ("batch_size: 10\n", "batch_size"),
+        ("ingest:\n  batch_size: 10\n  batchsize: 10\n", "ingest.batchsize"),
+    ],
+)
+def test_unknown_keys_are_rejected_by_name(tmp_path, yaml_text, unknown):
+    path = write(tmp_path / "typo.yml", yaml_text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert str(caught.value) == f"{path}: unknown setting '{unknown}'"
+
+
+def test_a_section_that_is_not_a_mapping_is_rejected(tmp_path):
+    path = write(tmp_path / "c.yml", "kafka: localhost:9092\n")
+    with pytest.raises(ConfigError, match="'kafka' must be a section of settings"):
+        load_settings(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("kafka: [\n", "is not valid YAML"),
+        ("- a\n- b\n", "must hold a mapping of settings"),
+        ("just text\n", "must hold a mapping of settings"),
+    ],
+)
+def test_a_file_that_is_not_a_mapping_of_settings_is_rejected(tmp_path, text, expected):
+    path = write(tmp_path / "c.yml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert str(path) in str(caught.value) and expected in str(caught.value)
+
+
+def test_a_missing_config_file_is_an_error_naming_where_it_was_asked_for(tmp_path):
+    missing = tmp_path / "nope.yml"
+    with pytest.raises(ConfigError, match=f"config file {missing} does not exist"):
+        load_settings(missing, env={})
+    with pytest.raises(ConfigError, match=f"CLICKSTREAM_CONFIG={missing} does not exist"):
+        load_settings(env={"CLICKSTREAM_CONFIG": str(missing)})
+
+
+def test_unrelated_environment_variables_are_ignored():
+    settings = load_settings(env={"CLICKSTREAM": "x", "KAFKA_PARTITIONS": "0", "HOME": "/"})
+    assert settings.kafka_partitions == 4
