@@ -359,7 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orders", type=_count, default=10_000, help="order events (default 10000)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
 
-    catalog = sub.add_parser("catalog", help="manage the product catalog")
+    catalog = sub.add_parser(
+        "catalog",
+        help="manage the product catalog",
+        description="Manage the product catalog: which category each product belongs to.",
+    )
     catalog_sub = catalog.add_subparsers(
         dest="catalog_command", metavar="ACTION", parser_class=_Parser
     )
@@ -473,7 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-access-log", action="store_true", help="do not log every request (api.access_log)"
     )
 
-    bench = sub.add_parser("bench", help="run a benchmark and print its figures")
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark and print its figures",
+        description="Run a benchmark on scratch data and print its figures.",
+    )
     bench_sub = bench.add_subparsers(
         dest="bench_command", metavar="BENCHMARK", parser_class=_Parser
     )
