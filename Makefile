@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Airflow lives in its own virtualenv: the DAG test loads deploy/airflow with it.
+AIRFLOW_VENV  ?= .airflow-venv
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
 .PHONY: demo test lint format install clean
 
@@ -12,12 +15,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+$(AIRFLOW_STAMP):
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install --quiet 'apache-airflow>=2.7,<4'
+	touch $(AIRFLOW_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/clickstream demo
 
-test: $(STAMP)
+test: $(STAMP) $(AIRFLOW_STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/python -m pytest
@@ -27,4 +36,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) build *.egg-info .pytest_cache .ruff_cache
