@@ -33,7 +33,14 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.realtime = resources.enter_context(RealtimeSource(settings))
             yield
 
-    app = FastAPI(title="clickstream", version=__version__, lifespan=lifespan)
+    # FastAPI's built-in OpenTelemetry hooks look up the global providers on every request;
+    # nothing here exports traces or metrics, so they would only cost time.
+    app = FastAPI(
+        title="clickstream",
+        version=__version__,
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.settings = settings
     app.state.database = Database(settings)
     app.state.broker = health.Broker(settings)

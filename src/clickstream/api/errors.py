@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 
 from clickstream.errors import Unavailable
 
-__all__ = ["ErrorBody", "Problem", "error_response", "install_error_handlers"]
+__all__ = ["ErrorBody", "InvalidRequest", "Problem", "error_response", "install_error_handlers"]
 
 log = logging.getLogger("clickstream.api")
 
@@ -31,6 +31,14 @@ class Problem(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     problems: list[Problem] = []
+
+
+class InvalidRequest(Exception):
+    """Parameters a route checked itself and refuses (answered with 422)."""
+
+    def __init__(self, *problems: Problem) -> None:
+        super().__init__("; ".join(f"{p.parameter} {p.message}" for p in problems))
+        self.problems = problems
 
 
 # Clearer wording than the validator's for the mistakes clients actually make.
@@ -72,6 +80,10 @@ async def _invalid(request: Request, exc: RequestValidationError) -> Response:
     return error_response(422, summary, problems)
 
 
+async def _refused(request: Request, exc: InvalidRequest) -> Response:
+    return error_response(422, str(exc), exc.problems)
+
+
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
@@ -88,6 +100,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(InvalidRequest, _refused)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Unavailable, _unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,247 @@
+"""`clickstream bench api`: the recently-viewed endpoint under load, next to a trivial one.
+
+In a scratch database on the configured server it stores `--views` views of `--users` users
+(generated inside PostgreSQL: shipping ten million rows through the client would only be
+slower than generating them where they are stored) and derives `recent_views` from them
+exactly as the migration does for existing data. Then it starts `clickstream serve` pinned
+to one core and drives, from a load generator pinned to the other, first
+`GET /api/users/{id}/recently-viewed` (random users) and then `GET /api/ping`, which answers
+without touching the database: the ratio of the two is what the database path costs.
+
+Last, the original system's strategy: `WHERE userid = ... ORDER BY viewed_at LIMIT 5` on
+`product_views` with no index to use (index scans are switched off for that session, so an
+index another feature adds to `product_views` cannot help it). It and our query run one at a
+time on one connection for a few seconds each, and the speed-up compares their mean times.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+from tqdm import tqdm
+
+from clickstream.bench.loadgen import LoadResult, drive_in_process
+from clickstream.config import SETTINGS, Settings
+from clickstream.errors import ClickstreamError
+from clickstream.services.embedded import database_url
+from clickstream.store.recent import RECENTLY_VIEWED
+from clickstream.store.schema import migrate
+
+__all__ = ["ORIGINAL_QUERY", "run_api_benchmark"]
+
+SCRATCH_DATABASE = "clickstream_bench_api"
+PRODUCTS = 20_000
+WARMUP_SECONDS = 2.0
+
+# What the replaced system ran for every request: the oldest five, duplicates and all.
+ORIGINAL_QUERY = "SELECT productid FROM product_views WHERE userid = %s ORDER BY viewed_at LIMIT 5"
+
+# Views spread evenly over the users, one per millisecond; product popularity skewed (a
+# cube of a uniform number) so that users come back to the same products now and then.
+_GENERATE = """
+INSERT INTO product_views (messageid, userid, productid, source, viewed_at)
+SELECT 'bench-' || i,
+       'user-' || (i %% %(users)s),
+       'product-' || floor(%(products)s * random() ^ 3)::int,
+       (ARRAY['desktop', 'mobile-web', 'android', 'ios'])[1 + i %% 4],
+       timestamptz '2026-11-01 00:00:00Z' + i * interval '1 millisecond'
+FROM generate_series(%(start)s, %(stop)s - 1) AS i
+"""
+
+_DERIVE = """
+INSERT INTO recent_views (userid, productid, viewed_at)
+SELECT userid, productid, max(viewed_at) FROM product_views GROUP BY userid, productid
+"""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    result: LoadResult
+
+    def describe(self) -> str:
+        r = self.result
+        return (
+            f"{self.name}: {r.rate:,.0f} req/s"
+            f" p50={r.percentile(50) * 1000:.1f}ms p99={r.percentile(99) * 1000:.1f}ms"
+        )
+
+
+def _scratch_database(settings: Settings) -> str:
+    server = database_url(settings)
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DATABASE} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {SCRATCH_DATABASE}")
+    return make_conninfo(server, dbname=SCRATCH_DATABASE)
+
+
+def _load(url: str, *, views: int, users: int) -> None:
+    """Fill product_views and recent_views; tables are unlogged, indexes built at the end."""
+    chunk = 500_000
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
+        for statement in (
+            "SET maintenance_work_mem = '512MB'",
+            "SET work_mem = '512MB'",
+            "SELECT setseed(0.42)",
+            "ALTER TABLE product_views SET UNLOGGED",
+            "ALTER TABLE product_views DROP CONSTRAINT product_views_pkey",
+            "ALTER TABLE recent_views SET UNLOGGED",
+            "ALTER TABLE recent_views DROP CONSTRAINT recent_views_pkey",
+            "DROP INDEX recent_views_latest",
+        ):
+            conn.execute(statement)
+        with tqdm(total=views, unit="view", unit_scale=True, desc="storing views") as bar:
+            for start in range(0, views, chunk):
+                stop = min(views, start + chunk)
+                params = {"users": users, "products": PRODUCTS, "start": start, "stop": stop}
+                conn.execute(_GENERATE, params)
+                bar.update(stop - start)
+        steps = [
+            ("deriving recent_views", _DERIVE),
+            (
+                "indexing recent_views",
+                "ALTER TABLE recent_views ADD PRIMARY KEY (userid, productid)",
+            ),
+            (
+                "indexing recent_views by time",
+                "CREATE INDEX recent_views_latest"
+                " ON recent_views (userid, viewed_at DESC, productid)",
+            ),
+            ("analyzing", "VACUUM ANALYZE product_views, recent_views"),
+        ]
+        for label, statement in tqdm(steps, desc="preparing", unit="step"):
+            tqdm.write(label)
+            conn.execute(statement)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _cores() -> tuple[int | None, int | None]:
+    """(load generator core, server core), or no pinning with fewer than two cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    return (cores[0], cores[1]) if len(cores) >= 2 else (None, None)
+
+
+def _start_server(settings: Settings, url: str, port: int, core: int | None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
+    for setting in SETTINGS:
+        value = getattr(settings, setting.attr)
+        if value is not None:
+            env[setting.env] = str(value).lower() if isinstance(value, bool) else str(value)
+    env["CLICKSTREAM_DATABASE_URL"] = url
+    env["CLICKSTREAM_API_KEY"] = ""
+    if settings.source != "defaults":
+        env["CLICKSTREAM_CONFIG"] = settings.source
+    command = [sys.executable, "-m", "clickstream", "serve", "--port", str(port)]
+    command += ["--workers", "1", "--no-access-log"]
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=(lambda: os.sched_setaffinity(0, {core})) if core is not None else None,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                error = process.stderr.read().decode(errors="replace").strip().splitlines()
+                raise ClickstreamError(
+                    "the server did not start: " + (error[-1] if error else "no output")
+                ) from None
+            time.sleep(0.1)
+
+
+def _time_queries(url: str, query: str, extra: tuple, users: int, seconds: float) -> float:
+    """Mean seconds per query, one at a time on one connection, for about `seconds`.
+
+    Index scans are off on this connection unless `query` is ours: the original system had
+    no index for its query, and must not get one that another feature added.
+    """
+    rng = random.Random(5)
+    times = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        if query == ORIGINAL_QUERY:
+            for kind in ("indexscan", "indexonlyscan", "bitmapscan"):
+                conn.execute(f"SET enable_{kind} = off")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline or len(times) < 3:
+            params = (f"user-{rng.randrange(users)}", *extra)
+            started = time.perf_counter()
+            conn.execute(query, params).fetchall()
+            times.append(time.perf_counter() - started)
+    return sum(times) / len(times)
+
+
+def run_api_benchmark(
+    settings: Settings, *, views: int, users: int, seconds: float, concurrency: int
+) -> None:
+    url = _scratch_database(settings)
+    print(f"scratch database {SCRATCH_DATABASE}: {views:,} views of {users:,} users")
+    started = time.monotonic()
+    _load(url, views=views, users=users)
+    print(f"loaded in {time.monotonic() - started:.0f}s")
+
+    client_core, server_core = _cores()
+    port = _free_port()
+    server = _start_server(settings, url, port, server_core)
+    pinning = (
+        f"server on core {server_core}, load generator on core {client_core}"
+        if server_core is not None
+        else "fewer than two cores: nothing pinned"
+    )
+    print(f"server on 127.0.0.1:{port}; {pinning}; {concurrency} connections")
+    rng = random.Random(11)
+    user_paths = [f"/api/users/user-{rng.randrange(users)}/recently-viewed" for _ in range(100_000)]
+    endpoints = []
+    try:
+        for name, paths in (("real", user_paths), ("trivial", ["/api/ping"])):
+            print(f"driving {paths[0]} for {seconds:g}s (+{WARMUP_SECONDS:g}s warm-up)")
+            result = drive_in_process(
+                "127.0.0.1",
+                port,
+                paths,
+                concurrency=concurrency,
+                seconds=seconds,
+                warmup=WARMUP_SECONDS,
+                core=client_core,
+            )
+            if result.failures:
+                raise ClickstreamError(
+                    f"{name}: {result.failures} failed requests, first: {result.first_failure}"
+                )
+            endpoints.append(Endpoint(name, result))
+            print(endpoints[-1].describe())
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    probe = max(3.0, seconds / 3)
+    print(f"original strategy (oldest first, no index) versus ours, {probe:g}s each, 1 connection")
+    original = _time_queries(url, ORIGINAL_QUERY, (), users, probe)
+    ours = _time_queries(url, RECENTLY_VIEWED, (5,), users, probe)
+    print(
+        f"per query: original {original * 1000:.1f}ms, ours {ours * 1000:.3f}ms:"
+        f" ours is {original / ours:,.0f} times faster"
+    )
+    real, trivial = endpoints
+    ratio = real.result.rate / trivial.result.rate
+    print(f"{real.describe()} | {trivial.describe()} | ratio={ratio:.2f}")
