@@ -1,9 +1,10 @@
 """`clickstream demo`: the whole system on embedded services, with generated traffic.
 
-A newcomer's first command. It starts what is not running, generates a catalog and events,
-replays them at a steady pace (so the live numbers move while you watch), ingests them into
-PostgreSQL and prints what arrived every few seconds. The services stay up afterwards, so
-every other command can be tried against the demo's data.
+A newcomer's first command. It starts what is not running, serves the dashboard and the API,
+generates a catalog and events, replays them at a steady pace (so the live numbers move while
+you watch), ingests them into PostgreSQL, prints what arrived every few seconds and writes the
+current hour's reports every minute. The services stay up afterwards, so every other command
+can be tried against the demo's data.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+from clickstream.api.server import BackgroundServer, run_in_background
 from clickstream.catalog import read_catalog
 from clickstream.config import Settings
+from clickstream.errors import ClickstreamError
 from clickstream.generate import generate, write_dataset
 from clickstream.ingest import Ingestor
 from clickstream.kafka.producer import produce_lines
 from clickstream.prepare import prepare
+from clickstream.reports.hourly import write_reports
 from clickstream.services import embedded
 from clickstream.store.catalog import upsert_products
 from clickstream.store.db import connect
@@ -29,7 +34,8 @@ log = logging.getLogger("clickstream.demo")
 
 VIEWS_PER_SECOND = 400
 ORDERS_PER_SECOND = 20
-REPORT_EVERY_SECONDS = 5
+PROGRESS_EVERY_SECONDS = 5
+REPORTS_EVERY_SECONDS = 60
 
 # A few events the consumer must refuse, to show where bad input goes.
 BAD_VIEWS = [
@@ -50,6 +56,8 @@ def run_demo(settings: Settings, *, duration: float, stop: threading.Event) -> i
     bootstrap = embedded.bootstrap_servers(settings)
     for service in embedded.status(settings):
         print(f"  {service.name:<9} {service.address}")
+    server = _serve(settings)
+    print(f"  dashboard {server.url}/  (the live 5-minute view; API docs at {server.url}/docs)")
 
     views_needed = int(VIEWS_PER_SECOND * duration) + 1
     orders_needed = int(ORDERS_PER_SECOND * duration) + 1
@@ -83,9 +91,19 @@ def run_demo(settings: Settings, *, duration: float, stop: threading.Event) -> i
         f" into {settings.kafka_views_topic} and {settings.kafka_orders_topic}; Ctrl-C stops"
     )
 
+    print(
+        f"writing the current hour's reports every {REPORTS_EVERY_SECONDS}s into"
+        f" {settings.reports_dir}/ (a demo shortcut: `clickstream report --every-hour` writes"
+        " each hour once it has closed)"
+    )
+
     deadline = time.monotonic() + duration
-    while not stop.wait(min(REPORT_EVERY_SECONDS, max(deadline - time.monotonic(), 0))):
+    next_reports = time.monotonic() + REPORTS_EVERY_SECONDS
+    while not stop.wait(min(PROGRESS_EVERY_SECONDS, max(deadline - time.monotonic(), 0))):
         _print_progress(ingestor)
+        if time.monotonic() >= next_reports:
+            _write_reports(settings)
+            next_reports += REPORTS_EVERY_SECONDS
         if time.monotonic() >= deadline or not consumer.is_alive():
             break
     producing.set()
@@ -93,9 +111,27 @@ def run_demo(settings: Settings, *, duration: float, stop: threading.Event) -> i
         producer.join()
     _drain(ingestor, consumer, stop)
     _print_progress(ingestor)
-    _print_summary(settings)
+    _write_reports(settings)
+    _print_summary(settings, server)
+    server.stop()
     print("the services keep running: try `clickstream status`; `clickstream down` stops them")
     return 0
+
+
+def _serve(settings: Settings) -> BackgroundServer:
+    """The API and dashboard on the configured port, or any free one if that is taken."""
+    try:
+        return run_in_background(settings)
+    except ClickstreamError:
+        log.warning("port %s is taken: serving on a free port instead", settings.api_port)
+        return run_in_background(settings, port=0)
+
+
+def _write_reports(settings: Settings) -> None:
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    summary = write_reports(settings, hour, settings.reports_dir)
+    for line in summary.lines():
+        print(f"  {line}")
 
 
 def _load_catalog(settings: Settings, path: Path) -> None:
@@ -137,7 +173,7 @@ def _print_progress(ingestor: Ingestor) -> None:
     )
 
 
-def _print_summary(settings: Settings) -> None:
+def _print_summary(settings: Settings, server: BackgroundServer) -> None:
     with connect(settings) as conn:
         views, users, products = conn.execute(
             "SELECT count(*), count(DISTINCT userid), count(DISTINCT productid) FROM product_views"
@@ -154,3 +190,10 @@ def _print_summary(settings: Settings) -> None:
     )
     if reasons:
         print("dead letters: " + ", ".join(f"{count} {reason}" for reason, count in reasons))
+    with connect(settings) as conn:
+        row = conn.execute("SELECT userid FROM product_views LIMIT 1").fetchone()
+    if row:
+        print(
+            f"recently viewed, as the recommendation service asks for it:"
+            f" {server.url}/api/users/{row[0]}/recently-viewed?limit=5"
+        )
