@@ -136,7 +136,9 @@ def test_hours_and_file_names():
     assert len(hours_between(hour, parse_hour("2026-11-25T13"))) == 25
 
 
-@pytest.mark.parametrize("text", ["2026-11-24", "2026-11-24T24", "2026-11-24 13", "13", ""])
+@pytest.mark.parametrize(
+    "text", ["2026-11-24", "2026-11-24T24", "2026-11-24 13", "2026-1-24T13", "2026-11-24T1", ""]
+)
 def test_a_malformed_hour_is_refused(text):
     with pytest.raises(ValueError, match="YYYY-MM-DDTHH"):
         parse_hour(text)

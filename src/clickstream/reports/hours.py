@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
 
 HOUR = timedelta(hours=1)
 HOUR_FORMAT = "%Y-%m-%dT%H"
+_HOUR_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}")
 FILE_KINDS = ("viewed", "bought", "conversion")
 _PREFIXES = {
     "viewed": "category_viewed",
@@ -26,10 +28,13 @@ _PREFIXES = {
 
 def parse_hour(text: str) -> datetime:
     """`2026-11-24T13` as the UTC hour it starts; ValueError names the expected form."""
+    problem = ValueError(f"expected an hour as YYYY-MM-DDTHH (UTC), got {text!r}")
+    if not _HOUR_TEXT.fullmatch(text):
+        raise problem
     try:
         moment = datetime.strptime(text, HOUR_FORMAT)
     except ValueError:
-        raise ValueError(f"expected an hour as YYYY-MM-DDTHH (UTC), got {text!r}") from None
+        raise problem from None
     return moment.replace(tzinfo=UTC)
 
 
