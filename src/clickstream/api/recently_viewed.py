@@ -7,8 +7,9 @@ The parameters are checked here, by `parse_lookup`, rather than by FastAPI's per
 validation: on this, the busiest route, that machinery cost more than the database lookup
 itself. The OpenAPI document still describes them exactly (`_PARAMETERS`).
 
-The path accepts slashes in `user_id` on purpose: a percent-encoded `/` or a `..%2F` then
-reaches the check and gets a 422 that says what is wrong, instead of a bare 404.
+The path accepts any text in `user_id` on purpose, slashes and line breaks included: a
+percent-encoded `/`, a `..%2F` or a `%0A` then reaches the check and gets a 422 that says
+what is wrong, instead of a bare 404.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from clickstream.api.coalesce import Coalescer
 from clickstream.api.database import Database
@@ -30,10 +32,21 @@ __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "USER_ID_PATTERN", "parse_lookup", "rea
 
 DEFAULT_LIMIT = 5
 MAX_LIMIT = 100
-# The cleaning rules' ids (no C0/C1 control characters), minus the path separators.
-USER_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f/\\]+$"
-_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f/\\\ud800-\udfff]")
+# The cleaning rules' ids (no C0/C1 control characters) minus what reads as a path: no '/'
+# or '\', and not '.' or '..' (spelled without look-ahead, which OpenAPI tools lack).
+_CHAR = r"[^\x00-\x1f\x7f-\x9f/\\]"
+_NOT_DOT = r"[^\x00-\x1f\x7f-\x9f/\\.]"
+USER_ID_PATTERN = rf"^(?:{_NOT_DOT}|\.{_NOT_DOT}|\.\.{_CHAR}){_CHAR}*$"
+_USER_ID = re.compile(USER_ID_PATTERN)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _NUMBER = re.compile(r"[0-9]+")
+
+
+class _AnyText(PathConvertor):
+    regex = r"[\s\S]*"  # `path` without its blind spot: a decoded line break
+
+
+register_url_convertor("anytext", _AnyText())
 
 _PARAMETERS = [
     {
@@ -41,7 +54,7 @@ _PARAMETERS = [
         "in": "path",
         "required": True,
         "description": "The user id exactly as the events carry it, e.g. `user-176`: 1 to "
-        f"{MAX_ID_LENGTH} characters, no control characters, no '/' or '\\'.",
+        f"{MAX_ID_LENGTH} characters, no control characters, no '/' or '\\', not '.' or '..'.",
         "schema": {
             "type": "string",
             "minLength": 1,
@@ -89,8 +102,8 @@ def parse_lookup(user_id: str, limit: str | None) -> tuple[str, int]:
     elif len(user_id) > MAX_ID_LENGTH:
         message = f"must be at most {MAX_ID_LENGTH} characters long"
         problems.append(Problem(parameter="user_id", message=message))
-    elif _FORBIDDEN.search(user_id):
-        message = "must not contain control characters, '/' or '\\'"
+    elif not _USER_ID.fullmatch(user_id) or _SURROGATE.search(user_id):
+        message = "must not contain control characters, '/' or '\\', nor be '.' or '..'"
         problems.append(Problem(parameter="user_id", message=message))
     number = DEFAULT_LIMIT
     if limit is not None:
@@ -121,7 +134,7 @@ def _json(content: bytes) -> Response:
 
 
 @router.get(
-    "/users/{user_id:path}/recently-viewed",
+    "/users/{user_id:anytext}/recently-viewed",
     response_model=RecentlyViewed,
     summary="The distinct products a user viewed, most recent first",
     openapi_extra={"parameters": _PARAMETERS},
