@@ -1,16 +1,19 @@
 """Tables derived from newly stored rows, kept current in the same transaction as the rows.
 
-Each entry is one data-modifying SQL statement (INSERT ... ON CONFLICT ...) that reads the
-rows a batch actually added, `new_product_views(messageid, userid, productid, source,
-viewed_at)` or `new_order_lines(messageid, line, orderid, userid, productid, quantity,
-ordered_at)`.
+Each derivation is a name and one data-modifying SQL statement (INSERT ... ON CONFLICT ...)
+that reads the rows a batch actually added, `new_product_views(messageid, userid, productid,
+source, viewed_at)` or `new_order_lines(messageid, line, orderid, userid, productid, quantity,
+ordered_at)`. The writer runs them as the parts of one WITH query, under their names, so a
+derivation may also read what an earlier one RETURNs.
 Because a redelivered event adds no row, a derived table is updated exactly once per event,
 with no extra bookkeeping.
 """
 
 from __future__ import annotations
 
-__all__ = ["ORDER_LINE_DERIVATIONS", "VIEW_DERIVATIONS"]
+__all__ = ["ORDER_LINE_DERIVATIONS", "VIEW_DERIVATIONS", "Derivation"]
+
+Derivation = tuple[str, str]  # (name, statement)
 
 # Latest view per (user, product) for the recently-viewed API. Grouped because one batch may
 # hold several views of a pair; ordered so that concurrent consumers lock rows in one order.
@@ -22,34 +25,57 @@ RECENT_VIEWS = """
     WHERE r.viewed_at < excluded.viewed_at
 """
 
-# The hourly reports' counters (see migration 0002_report_aggregates): events per product and
-# UTC hour, pre-grouped per batch; each new (hour, product, user) once, which a statement-level
-# trigger adds to the distinct-user counters.
-REPORT_VIEW_COUNTS = """
-    INSERT INTO report_view_hours AS r (hour, productid, views)
-    SELECT date_trunc('hour', viewed_at, 'UTC'), productid, count(*) FROM new_product_views
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (hour, productid) DO UPDATE SET views = r.views + excluded.views
-"""
+# The hourly reports' counters (see migration 0002_report_aggregates), pre-grouped per batch:
+# each new (hour, product, user) once, then per product and UTC hour the events and the new
+# distinct users in one upsert. Ordered so that concurrent consumers lock rows in one order.
 REPORT_VIEWERS = """
     INSERT INTO report_viewers (hour, productid, userid)
-    SELECT DISTINCT date_trunc('hour', viewed_at, 'UTC'), productid, userid
+    SELECT DISTINCT date_bin('1 hour', viewed_at, '2000-01-01 00:00+00'), productid, userid
     FROM new_product_views ORDER BY 1, 2, 3
     ON CONFLICT DO NOTHING
+    RETURNING hour, productid
 """
-REPORT_ORDER_LINE_COUNTS = """
-    INSERT INTO report_order_hours AS r (hour, productid, order_lines)
-    SELECT date_trunc('hour', ordered_at, 'UTC'), productid, count(*) FROM new_order_lines
+REPORT_VIEW_COUNTS = """
+    INSERT INTO report_view_hours AS r (hour, productid, views, viewers)
+    SELECT hour, productid, sum(views), sum(viewers) FROM (
+        SELECT date_bin('1 hour', viewed_at, '2000-01-01 00:00+00') AS hour, productid,
+               count(*) AS views, 0 AS viewers
+        FROM new_product_views GROUP BY 1, 2
+        UNION ALL
+        SELECT hour, productid, 0, count(*) FROM new_report_viewers GROUP BY 1, 2
+    ) AS batch
     GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (hour, productid) DO UPDATE SET order_lines = r.order_lines + excluded.order_lines
+    ON CONFLICT (hour, productid) DO UPDATE
+    SET views = r.views + excluded.views, viewers = r.viewers + excluded.viewers
 """
 REPORT_BUYERS = """
     INSERT INTO report_buyers (hour, productid, userid)
-    SELECT DISTINCT date_trunc('hour', ordered_at, 'UTC'), productid, userid
+    SELECT DISTINCT date_bin('1 hour', ordered_at, '2000-01-01 00:00+00'), productid, userid
     FROM new_order_lines ORDER BY 1, 2, 3
     ON CONFLICT DO NOTHING
+    RETURNING hour, productid
+"""
+REPORT_ORDER_COUNTS = """
+    INSERT INTO report_order_hours AS r (hour, productid, order_lines, buyers)
+    SELECT hour, productid, sum(order_lines), sum(buyers) FROM (
+        SELECT date_bin('1 hour', ordered_at, '2000-01-01 00:00+00') AS hour, productid,
+               count(*) AS order_lines, 0 AS buyers
+        FROM new_order_lines GROUP BY 1, 2
+        UNION ALL
+        SELECT hour, productid, 0, count(*) FROM new_report_buyers GROUP BY 1, 2
+    ) AS batch
+    GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (hour, productid) DO UPDATE
+    SET order_lines = r.order_lines + excluded.order_lines, buyers = r.buyers + excluded.buyers
 """
 
-VIEW_DERIVATIONS: tuple[str, ...] = (RECENT_VIEWS, REPORT_VIEW_COUNTS, REPORT_VIEWERS)
+VIEW_DERIVATIONS: tuple[Derivation, ...] = (
+    ("recent_views", RECENT_VIEWS),
+    ("new_report_viewers", REPORT_VIEWERS),
+    ("report_view_counts", REPORT_VIEW_COUNTS),
+)
 
-ORDER_LINE_DERIVATIONS: tuple[str, ...] = (REPORT_ORDER_LINE_COUNTS, REPORT_BUYERS)
+ORDER_LINE_DERIVATIONS: tuple[Derivation, ...] = (
+    ("new_report_buyers", REPORT_BUYERS),
+    ("report_order_counts", REPORT_ORDER_COUNTS),
+)

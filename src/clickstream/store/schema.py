@@ -63,8 +63,8 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
     ),
     # Per hour and product: view events, order lines and distinct viewers and buyers, so an
     # hourly report reads thousands of counters instead of millions of events. Distinct users
-    # stay exact: each (hour, product, user) is stored once, and a statement-level trigger
-    # adds the pairs a statement really inserted to the counters. Products are joined to the
+    # stay exact: each (hour, product, user) is stored once, and the triples a batch really
+    # inserted are added to the counters (store/derived.py). Products are joined to the
     # catalog only when a report is written. `report_runs` is what the scheduler wrote.
     "0002_report_aggregates": (
         """
@@ -128,38 +128,6 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
         INSERT INTO report_buyers (hour, productid, userid)
         SELECT DISTINCT date_trunc('hour', ordered_at, 'UTC'), productid, userid
         FROM order_lines
-        """,
-        """
-        CREATE FUNCTION report_count_viewers() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            INSERT INTO report_view_hours AS r (hour, productid, viewers)
-            SELECT hour, productid, count(*) FROM inserted
-            GROUP BY hour, productid ORDER BY hour, productid
-            ON CONFLICT (hour, productid) DO UPDATE SET viewers = r.viewers + excluded.viewers;
-            RETURN NULL;
-        END
-        $$
-        """,
-        """
-        CREATE TRIGGER report_viewers_counted AFTER INSERT ON report_viewers
-        REFERENCING NEW TABLE AS inserted
-        FOR EACH STATEMENT EXECUTE FUNCTION report_count_viewers()
-        """,
-        """
-        CREATE FUNCTION report_count_buyers() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            INSERT INTO report_order_hours AS r (hour, productid, buyers)
-            SELECT hour, productid, count(*) FROM inserted
-            GROUP BY hour, productid ORDER BY hour, productid
-            ON CONFLICT (hour, productid) DO UPDATE SET buyers = r.buyers + excluded.buyers;
-            RETURN NULL;
-        END
-        $$
-        """,
-        """
-        CREATE TRIGGER report_buyers_counted AFTER INSERT ON report_buyers
-        REFERENCING NEW TABLE AS inserted
-        FOR EACH STATEMENT EXECUTE FUNCTION report_count_buyers()
         """,
     ),
     # A user's distinct products with their latest view: the recently-viewed API reads the

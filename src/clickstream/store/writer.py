@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psycopg
 
 from clickstream.events import CleanBatch
-from clickstream.store.derived import ORDER_LINE_DERIVATIONS, VIEW_DERIVATIONS
+from clickstream.store.derived import ORDER_LINE_DERIVATIONS, VIEW_DERIVATIONS, Derivation
 
 __all__ = ["WriteResult", "write_batch", "copy_views"]
 
@@ -43,7 +43,7 @@ class _Target:
     table: str
     columns: str
     key: str
-    derivations: tuple[str, ...]
+    derivations: tuple[Derivation, ...]
 
     def copy(self, into: str) -> str:
         return f"COPY {into} ({self.columns}) FROM STDIN"
@@ -65,7 +65,7 @@ class _Target:
         return self._derive(f"SELECT {self.columns} FROM stage_{self.table}")
 
     def _derive(self, new_rows: str) -> str:
-        steps = "".join(f", derived_{i} AS ({sql})" for i, sql in enumerate(self.derivations))
+        steps = "".join(f", {name} AS ({sql})" for name, sql in self.derivations)
         return f"WITH new_{self.table} AS ({new_rows}){steps} SELECT count(*) FROM new_{self.table}"
 
 
