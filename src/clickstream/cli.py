@@ -256,6 +256,20 @@ def cmd_bench_api(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_realtime(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.realtime.terminal import run_terminal
+
+    run_terminal(settings, _stop_on_signals(), once=args.once)
+    return 0
+
+
+def cmd_bench_realtime(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.bench.realtime import run_realtime_benchmark
+
+    run_realtime_benchmark(settings, events=args.events, users=args.users, seed=args.seed)
+    return 0
+
+
 def cmd_bench_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.bench.ingest import run_ingest_benchmark
 
@@ -477,6 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-access-log", action="store_true", help="do not log every request (api.access_log)"
     )
 
+    p = command(
+        "realtime",
+        cmd_realtime,
+        "the live 5-minute view in the terminal",
+        "Read the views topic straight from Kafka (as the dashboard's server does) and show "
+        "active users, views per category and views per platform over the last "
+        "realtime.window_seconds, redrawn every second. Ctrl-C exits.",
+    )
+    p.add_argument("--once", action="store_true", help="print the view once, then exit")
+
     bench = sub.add_parser(
         "bench",
         help="run a benchmark and print its figures",
@@ -499,6 +523,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--events", type=_positive_int, default=1_000_000, help="views (default 1000000)"
     )
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p = command(
+        "realtime",
+        cmd_bench_realtime,
+        "send -> /api/realtime delay and the events/s the live window takes",
+        "On a fresh topic: produce views at max speed from another process while the server "
+        "runs, polling GET /api/realtime for probe events (p50, p95 of send -> shown); then "
+        "read the whole topic back into a fresh window. The last line gives the delays, the "
+        "window's events/s and ratio=window/producer events/s.",
+        parent=bench_sub,
+    )
+    p.add_argument(
+        "--events", type=_positive_int, default=1_000_000, help="views (default 1000000)"
+    )
+    p.add_argument("--users", type=_positive_int, default=10_000, help="users (default 10000)")
+    p.add_argument("--seed", type=int, default=5, help="random seed (default 5)")
     p = command(
         "api",
         cmd_bench_api,

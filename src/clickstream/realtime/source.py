@@ -3,10 +3,10 @@
 It reads every partition itself (assigned, not subscribed: no consumer group, no commits),
 so any number of servers can each hold the whole window. On start it seeks to "now minus
 the window" by record timestamp, so a restart is right at once without waiting a window.
-The seek is only a shortcut: Tansu answers `offsets_for_times` with the earliest offset, and
-a record's timestamp need not match its event time, so the window's event-time rule is what
-decides. Records of that backlog (already on the broker at start) that are older than the
-window are skipped, not counted as late: they were not late, they are history.
+The seek is only a shortcut: Tansu does not answer `offsets_for_times` exactly (the earliest
+offset, or one past recent records, which the record just before it exposes), and a record's
+timestamp need not match its event time, so the window's event-time rule is what decides. Records read before a partition first reaches its end (the backlog) that are older
+than the window are skipped, not counted as late: they were not late, they are history.
 
 Events are cleaned with the consumer's own rules (`clean_batch`); what it rejects is simply
 not shown (the ingest dead-letters it). Products are mapped to categories with the catalog
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
@@ -105,7 +105,7 @@ class RealtimeSource:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._backlog_end: dict[int, int] = {}
+        self._behind: set[int] = set()  # partitions that have not reached their end yet
         self._caught_up = threading.Event()
         self._connected = False
 
@@ -173,12 +173,15 @@ class RealtimeSource:
                 self._read()
                 return
             except (KafkaException, ClickstreamError) as exc:
-                self._connected = False
                 log.warning(
                     "live view cannot read %s (%s); retrying in %.1fs", self.topic, exc, delay
                 )
-                self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+            except Exception:
+                # Keep the view alive whatever happened; the log has the traceback.
+                log.exception("live view reader failed; restarting it in %.1fs", delay)
+            self._connected = False
+            self._stop.wait(delay)
+            delay = min(delay * 2, 10.0)
 
     def _consumer(self, bootstrap: str) -> Consumer:
         return Consumer(
@@ -190,12 +193,14 @@ class RealtimeSource:
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 50,
-                "enable.partition.eof": False,
+                # "reached the end" events: how we know the backlog was read (Tansu's high
+                # watermarks lag behind, so comparing offsets with them would stop short).
+                "enable.partition.eof": True,
             }
         )
 
     def _seek(self, consumer: Consumer) -> None:
-        """Assign every partition at "now minus the window"; note where the backlog ends."""
+        """Assign every partition at "now minus the window"."""
         metadata = consumer.list_topics(self.topic, timeout=10)
         topic = metadata.topics.get(self.topic)
         if topic is None or topic.error is not None or not topic.partitions:
@@ -203,24 +208,63 @@ class RealtimeSource:
         since = self._clock() - self.window.window_ms - SEEK_MARGIN_MS
         wanted = [TopicPartition(self.topic, p, since) for p in sorted(topic.partitions)]
         found = consumer.offsets_for_times(wanted, timeout=10)
-        start = [
-            TopicPartition(self.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+        marks = {
+            tp.partition: consumer.get_watermark_offsets(tp, timeout=10, cached=False)
             for tp in found
-        ]
-        self._backlog_end = {}
-        for tp in start:
-            low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-            first = tp.offset if tp.offset >= 0 else high
-            if high > first:
-                self._backlog_end[tp.partition] = high
-        consumer.assign(start)
+        }
+        # -1: no record that recent, start at the end; clamp whatever else into the log.
+        offsets = {
+            tp.partition: min(
+                max(
+                    tp.offset if tp.offset >= 0 else marks[tp.partition][1], marks[tp.partition][0]
+                ),
+                marks[tp.partition][1],
+            )
+            for tp in found
+        }
+        for partition in self._unconfirmed(consumer, offsets, marks, since):
+            offsets[partition] = marks[partition][0]
+        self._behind = set(offsets)
+        consumer.assign([TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())])
         log.info(
-            "live view reads %s from %d partitions, %d events of backlog",
+            "live view reads %s from offsets %s",
             self.topic,
-            len(start),
-            sum(self._backlog_end.values())
-            - sum(tp.offset for tp in start if tp.partition in self._backlog_end),
+            ", ".join(f"{p}:{o}" for p, o in sorted(offsets.items())),
         )
+
+    def _unconfirmed(
+        self, consumer: Consumer, offsets: dict[int, int], marks: dict, since: int
+    ) -> set[int]:
+        """Partitions whose answer is not confirmed by the record just before it.
+
+        A real Kafka answers exactly; Tansu answers an offset that can skip recent records.
+        The answer holds when the record before it is older than `since`; otherwise (or
+        when that record cannot be read) the partition is read from its first offset.
+        """
+        check = {p: o - 1 for p, o in offsets.items() if o > marks[p][0]}
+        if not check:
+            return set()
+        consumer.assign([TopicPartition(self.topic, p, o) for p, o in check.items()])
+        wrong: set[int] = set()
+        deadline = time.monotonic() + 10
+        try:
+            while check and time.monotonic() < deadline:
+                for message in consumer.consume(1000, timeout=0.2):
+                    partition = message.partition()
+                    if message.error() is not None or check.get(partition) != message.offset():
+                        continue
+                    del check[partition]
+                    if message.timestamp()[1] >= since:
+                        wrong.add(partition)
+        finally:
+            consumer.unassign()
+        if wrong:
+            log.info(
+                "the broker's offsets for a time skip recent records on partitions %s:"
+                " reading them from their first offset",
+                sorted(wrong),
+            )
+        return wrong | set(check)
 
     def _read(self) -> None:
         from clickstream.services.embedded import bootstrap_servers
@@ -229,10 +273,12 @@ class RealtimeSource:
         ensure_topics(bootstrap, [self.topic], self.settings.kafka_partitions)
         consumer = self._consumer(bootstrap)
         try:
+            with self._lock:
+                # A fresh window per (re)connection: it is rebuilt from the seek, as on start.
+                self.window = SlidingWindow(self.window.window_ms)
+            self._caught_up.clear()
             self._seek(consumer)
             self._connected = True
-            if not self._backlog_end:
-                self._caught_up.set()
             while not self._stop.is_set():
                 messages = consumer.consume(BATCH_SIZE, timeout=POLL_SECONDS)
                 if messages:
@@ -243,59 +289,54 @@ class RealtimeSource:
 
     def _take(self, messages: list) -> None:
         topic = self.topic
-        backlog = self._backlog_end
+        behind = self._behind
         live: list[RawEvent] = []
         history: list[RawEvent] = []
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.fatal():
+                if error.code() == KafkaError._PARTITION_EOF:
+                    behind.discard(message.partition())
+                elif error.fatal():
                     raise KafkaException(error)
-                if error.code() != KafkaError._PARTITION_EOF:
+                else:
                     log.warning("broker reported: %s", error)
                 continue
-            partition, offset = message.partition(), message.offset()
+            partition = message.partition()
             _, timestamp = message.timestamp()
             event = RawEvent(
                 Kind.VIEW,
                 topic,
                 partition,
-                offset,
+                message.offset(),
                 message.value(),
                 timestamp if timestamp > 0 else None,
             )
-            end = backlog.get(partition) if backlog else None
-            if end is None:
-                live.append(event)
-                continue
-            history.append(event)
-            if offset + 1 >= end:
-                del backlog[partition]
-                if not backlog:
-                    self._caught_up.set()
+            (history if partition in behind else live).append(event)
         now = self._clock()
         views = self._views(live)
         if history:
             # Backlog older than the window is history the seek could not skip, not late.
             oldest = now - self.window.window_ms
-            views.extend(v for v in self._views(history) if v.at_ms > oldest)
+            views.extend(v for v in self._views(history) if v[4] > oldest)
         if views:
             with self._lock:
                 self.window.add(views, now)
         self.received += len(live) + len(history)
+        if not behind and not self._caught_up.is_set():
+            self._caught_up.set()
+            log.info("live view caught up: %d events read since the start", self.received)
 
     def _views(self, raw: list[RawEvent]) -> list[View]:
         if not raw:
             return []
         rows = clean_batch(raw, max_event_bytes=self.settings.ingest_max_event_bytes).views
-        catalog = self._catalog
-        return [
-            View(
-                row.messageid,
-                row.userid,
-                catalog.get(row.productid, NOT_IN_CATALOG),
-                row.source,
-                epoch_ms(row.viewed_at),
-            )
-            for row in rows
-        ]
+        category = self._catalog.get
+        seconds = _seconds_cache.get
+        views = []
+        append = views.append
+        for messageid, userid, productid, source, at in rows:
+            second = seconds(at[:19])
+            at_ms = second * 1000 + int(at[20:23]) if second is not None else epoch_ms(at)
+            append((messageid, userid, category(productid, NOT_IN_CATALOG), source, at_ms))
+        return views

@@ -46,15 +46,21 @@ __all__ = [
 
 DEFAULT_MAX_SKEW_MS = 5_000
 
-_DIGITS = re.compile(r"(\d+)")
+_DIGITS = re.compile(r"\d+")
 
 
-def natural_key(text: str) -> tuple:
-    """Sort key that puts `category-2` before `category-10`."""
-    parts = _DIGITS.split(text)
-    return tuple(
-        (0, int(part), part) if index % 2 else (1, 0, part) for index, part in enumerate(parts)
-    )
+def _number(match: re.Match) -> str:
+    digits = match.group().lstrip("0") or "0"
+    return f"{len(digits):03d}{digits}"
+
+
+def natural_key(text: str) -> str:
+    """Sort key that puts `category-2` before `category-10`.
+
+    Each run of digits becomes its length and its digits, so plain string comparison (fast,
+    in C) orders numbers by value; the text itself breaks the remaining ties.
+    """
+    return _DIGITS.sub(_number, text) + "\0" + text
 
 
 def ranked(counts: dict[str, int]) -> list[tuple[str, int]]:
@@ -63,7 +69,10 @@ def ranked(counts: dict[str, int]) -> list[tuple[str, int]]:
 
 
 class View(NamedTuple):
-    """One product view as the window needs it; `at_ms` is the event time in epoch ms."""
+    """One product view as the window needs it; `at_ms` is the event time in epoch ms.
+
+    Any 5-tuple in this order will do: the source builds plain tuples, which is cheaper.
+    """
 
     messageid: str
     userid: str
@@ -117,6 +126,7 @@ class SlidingWindow:
         self._out_of_order: list[int] = []
         self._messageids: set[str] = set()
         self._users: dict[str, int] = {}
+        self._user_keys: dict[str, str] = {}  # sort keys, computed once per active user
         self._categories: dict[str, int] = {}
         self._platforms: dict[str, int] = {}
         self._now_ms: int | None = None
@@ -134,8 +144,9 @@ class SlidingWindow:
         users, categories, platforms = self._users, self._categories, self._platforms
         in_order = self._in_order
         accepted = 0
+        user_keys = self._user_keys
         for view in views:
-            at = view.at_ms
+            messageid, userid, category, platform, at = view
             if at <= cutoff:
                 self.late += 1
                 continue
@@ -144,7 +155,6 @@ class SlidingWindow:
                     self.future += 1
                     continue
                 at = now_ms
-            messageid = view.messageid
             if messageid in messageids:
                 self.duplicates += 1
                 continue
@@ -158,9 +168,14 @@ class SlidingWindow:
                     heapq.heappush(self._out_of_order, at)
             else:
                 bucket.append(view)
-            users[view.userid] = users.get(view.userid, 0) + 1
-            categories[view.category] = categories.get(view.category, 0) + 1
-            platforms[view.platform] = platforms.get(view.platform, 0) + 1
+            seen = users.get(userid)
+            if seen is None:
+                users[userid] = 1
+                user_keys[userid] = natural_key(userid)
+            else:
+                users[userid] = seen + 1
+            categories[category] = categories.get(category, 0) + 1
+            platforms[platform] = platforms.get(platform, 0) + 1
             accepted += 1
         return accepted
 
@@ -179,11 +194,17 @@ class SlidingWindow:
     def _expire(self, at: int) -> None:
         messageids = self._messageids
         users, categories, platforms = self._users, self._categories, self._platforms
-        for view in self._buckets.pop(at):
-            messageids.discard(view.messageid)
-            _remove(users, view.userid)
-            _remove(categories, view.category)
-            _remove(platforms, view.platform)
+        user_keys = self._user_keys
+        for messageid, userid, category, platform, _ in self._buckets.pop(at):
+            messageids.discard(messageid)
+            left = users[userid] - 1
+            if left:
+                users[userid] = left
+            else:
+                del users[userid]
+                del user_keys[userid]
+            _remove(categories, category)
+            _remove(platforms, platform)
 
     def snapshot(self, now_ms: int) -> Snapshot:
         """The window as of `now_ms` (which expires what aged out by then)."""
@@ -191,7 +212,7 @@ class SlidingWindow:
         return Snapshot(
             as_of_ms=self._now_ms if self._now_ms is not None else now_ms,
             window_ms=self.window_ms,
-            users=sorted(self._users, key=natural_key),
+            users=sorted(self._users, key=self._user_keys.__getitem__),
             categories=ranked(self._categories),
             platforms=ranked(self._platforms),
             views=len(self._messageids),
