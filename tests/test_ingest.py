@@ -136,6 +136,14 @@ def assert_stored_exactly_once(p: Pipeline, stream: Stream) -> None:
         assert not reason.startswith(Reason.REJECTED_BY_DATABASE), reason
 
 
+def settle(p: Pipeline, stream: Stream, timeout: float) -> None:
+    """Wait until the rows the stream should give are there (or time runs out)."""
+    total = len(stream.view_ids) + len(stream.order_lines) + len(stream.bad)
+    deadline = time.monotonic() + timeout
+    while stored_count(p) < total and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -197,7 +205,9 @@ class ConsumerProcess:
         self.process.wait(10)
 
     def finish(self, timeout: float) -> str:
-        """Wait for a clean exit; return the summary line."""
+        """Stop it as Ctrl-C would, wait for a clean exit; return the summary line."""
+        wait_for(lambda: "consuming" in self.output(), 30, "the consumer to start")
+        self.process.send_signal(signal.SIGTERM)
         try:
             out, _ = self.process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -210,10 +220,11 @@ class ConsumerProcess:
         return out
 
 
-def stored_views_reported(summary: str) -> int:
-    match = re.search(r"stored ([\d,]+) views", summary)
+def stored_reported(summary: str) -> int:
+    """Views plus order lines a consumer says it stored."""
+    match = re.search(r"stored ([\d,]+) views and ([\d,]+) order lines", summary)
     assert match, summary
-    return int(match.group(1).replace(",", ""))
+    return sum(int(n.replace(",", "")) for n in match.groups())
 
 
 # -- redelivery --------------------------------------------------------------------------------
@@ -310,7 +321,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(pipeline, tmp_pa
     print(f"kill moments drawn with random seed {seed}")
     parts = stream.parts(6)
 
-    consumer = ConsumerProcess(p, tmp_path / "consume-0.log", "--until-idle", "3")
+    consumer = ConsumerProcess(p, tmp_path / "consume-0.log")
     kills = []
     for n, (views, orders) in enumerate(parts):
         # While the restarted consumer joins the group, a backlog builds up; it is killed
@@ -322,9 +333,10 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(pipeline, tmp_pa
         time.sleep(rng.uniform(0, 0.25))
         consumer.kill()
         kills.append(stored_count(p))
-        consumer = ConsumerProcess(p, tmp_path / f"consume-{n + 1}.log", "--until-idle", "3")
+        consumer = ConsumerProcess(p, tmp_path / f"consume-{n + 1}.log")
 
-    consumer.finish(timeout=90)
+    settle(p, stream, timeout=90)
+    consumer.finish(timeout=30)
     print(f"rows stored at each of the {len(kills)} kills: {kills}")
     assert len(kills) >= 5
     assert_stored_exactly_once(p, stream)
@@ -345,10 +357,10 @@ def test_two_consumers_share_the_partitions_and_a_rebalance_loses_nothing(pipeli
     p.produce_orders(orders_1)
     wait_for(lambda: stored_count(p) > 0, 60, "the first consumer to store events")
 
-    second = ConsumerProcess(p, tmp_path / "second.log", "--until-idle", "3")
+    second = ConsumerProcess(p, tmp_path / "second.log")
     producer = produce_in_background(p, views_2, orders_2, rate=4000)
     wait_for(
-        lambda: re.search(r"assigned \S", second.output()) is not None,
+        lambda: re.search(r"assigned \S+ \[", second.output()) is not None,
         60,
         "the second consumer to be given partitions",
     )
@@ -357,15 +369,15 @@ def test_two_consumers_share_the_partitions_and_a_rebalance_loses_nothing(pipeli
     owned = sum(len(ids.split(",")) for ids in re.findall(r"\[([\d, ]+)\]", assigned))
     assert 0 < owned < 2 * p.settings.kafka_partitions, f"second consumer owns {assigned}"
 
-    first.process.send_signal(signal.SIGTERM)  # leave the group mid-stream
-    first_summary = first.finish(timeout=30)
+    first_summary = first.finish(timeout=30)  # leaves the group mid-stream
     p.produce_views(views_3)
     p.produce_orders(orders_3)
-    second_summary = second.finish(timeout=90)
+    settle(p, stream, timeout=90)
+    second_summary = second.finish(timeout=30)
 
     assert "revoked" in first.output()
-    assert stored_views_reported(first_summary) > 0
-    assert stored_views_reported(second_summary) > 0
+    assert stored_reported(first_summary) > 0
+    assert stored_reported(second_summary) > 0
     assert_stored_exactly_once(p, stream)
 
 
