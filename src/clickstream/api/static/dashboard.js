@@ -52,10 +52,10 @@ function drawSparkline(snapshot) {
   const first = history[0][0];
   const span = Math.max(at - first, 60_000);
   const top = Math.max(1, ...history.map((p) => p[1]));
-  const points = history.map(([t, n]) => [((t - first) / span) * 300, 58 - (n / top) * 54]);
+  const points = history.map(([t, n]) => [300 - ((at - t) / span) * 300, 58 - (n / top) * 54]);
   const line = points.map((p) => `${p[0].toFixed(1)},${p[1].toFixed(1)}`).join(" ");
   const last = points[points.length - 1];
-  svg.append(el("polygon", { points: `0,60 ${line} ${last[0].toFixed(1)},60` }));
+  svg.append(el("polygon", { points: `${points[0][0].toFixed(1)},60 ${line} ${last[0].toFixed(1)},60` }));
   svg.append(el("polyline", { points: line }));
   const minutes = Math.max(1, Math.round(span / 60_000));
   document.getElementById("sparkline-span").textContent =
