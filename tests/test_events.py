@@ -257,6 +257,19 @@ def test_broken_json_is_rejected_as_bad_json(value):
 @pytest.mark.parametrize(
     "value",
     [
+        b"[" * 60_000,
+        b'{"a": ' * 5_000,
+        b'{"event": "ProductView", "x": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+    ],
+    ids=["open-arrays", "open-objects", "deep-but-closed"],
+)
+def test_deeply_nested_json_is_bad_json_not_a_crash(value):
+    assert code(rejected(value)) == Reason.BAD_JSON
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
         b'{"event": "ProductView", "userid": "\xff\xfe"}',
         b"\xc3\x28",
         b'{"userid": "\xed\xa0\x80"}',  # a UTF-8 encoded surrogate
