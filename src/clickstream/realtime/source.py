@@ -5,8 +5,9 @@ so any number of servers can each hold the whole window. On start it seeks to "n
 the window" by record timestamp, so a restart is right at once without waiting a window.
 The seek is only a shortcut: Tansu does not answer `offsets_for_times` exactly (the earliest
 offset, or one past recent records, which the record just before it exposes), and a record's
-timestamp need not match its event time, so the window's event-time rule is what decides. Records read before a partition first reaches its end (the backlog) that are older
-than the window are skipped, not counted as late: they were not late, they are history.
+timestamp need not match its event time, so the window's event-time rule is what decides.
+Records read before a partition first reaches its end (the backlog) that are older than the
+window are skipped, not counted as late: they were not late, they are history.
 
 Events are cleaned with the consumer's own rules (`clean_batch`); what it rejects is simply
 not shown (the ingest dead-letters it). Products are mapped to categories with the catalog

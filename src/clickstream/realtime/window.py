@@ -96,10 +96,6 @@ class Snapshot:
     duplicates: int
 
 
-def _add(counts: dict[str, int], key: str) -> None:
-    counts[key] = counts.get(key, 0) + 1
-
-
 def _remove(counts: dict[str, int], key: str) -> None:
     left = counts[key] - 1
     if left:
