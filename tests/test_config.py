@@ -161,6 +161,7 @@ def test_values_are_trimmed_and_paths_expanded(monkeypatch, tmp_path):
         ("CLICKSTREAM_API_PORT", "65536", "at most 65535"),
         ("CLICKSTREAM_API_ACCESS_LOG", "maybe", "expected true or false"),
         ("CLICKSTREAM_DEMO_DURATION", "-5", "greater than 0"),
+        ("CLICKSTREAM_DEMO_DURATION", "inf", "finite number"),
     ],
 )
 def test_a_bad_variable_names_itself_its_value_and_what_was_expected(variable, value, expected):

@@ -63,8 +63,8 @@ def _positive_float(value: Any) -> float:
         number = float(str(value).strip())
     except ValueError:
         raise ValueError("expected a number") from None
-    if not number > 0:
-        raise ValueError("expected a number greater than 0")
+    if not 0 < number < float("inf"):
+        raise ValueError("expected a finite number greater than 0")
     return number
 
 
