@@ -4,11 +4,16 @@ uvicorn handles SIGTERM and Ctrl-C itself: it stops accepting, lets requests in 
 finish (up to `GRACE_SECONDS`), then runs the app's shutdown, which closes the pool. With
 several workers uvicorn starts each from an import string, so the settings travel to them
 as `CLICKSTREAM_*` variables and each worker builds its own app and pool from those.
+
+Once the app is built, everything alive (modules, the app, its routes and models) is moved
+out of the garbage collector's sight with `gc.freeze()`: otherwise each full collection walks
+all of it again, and under load those pauses reach tens of milliseconds, most of the p99.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -71,7 +76,9 @@ def app_from_environment():
         datefmt="%H:%M:%S",
     )
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    return create_app(load_settings())
+    app = create_app(load_settings())
+    gc.freeze()
+    return app
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int, access_log: bool) -> None:
@@ -89,6 +96,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, access_log:
     from clickstream.api.app import create_app
 
     server = uvicorn.Server(_config(create_app(settings), host, port, access_log))
+    gc.freeze()
     _run_quietly(server)
     if not server.started:
         raise ClickstreamError(f"cannot listen on {host}:{port}; see the log above")

@@ -229,7 +229,7 @@ def run_api_benchmark(
                     f"{name}: {result.failures} failed requests, first: {result.first_failure}"
                 )
             endpoints.append(Endpoint(name, result))
-            print(endpoints[-1].describe())
+            print(f"{endpoints[-1].describe()} (load generator busy {result.busy:.0%} of its core)")
     finally:
         server.terminate()
         server.wait(30)

@@ -26,6 +26,7 @@ class LoadResult:
     latencies: np.ndarray  # seconds, one per completed 200 response
     failures: int  # non-200 responses
     first_failure: str
+    busy: float  # share of its core the load generator itself used while measuring
 
     @property
     def rate(self) -> float:
@@ -115,14 +116,15 @@ async def _drive(
         connections.append(protocol)
     await asyncio.sleep(warmup)
     run.measuring = True
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.sleep(seconds)
     run.measuring = False
     took = time.perf_counter() - started
+    busy = (time.process_time() - cpu) / took
     run.stopping = True
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*(c.lost for c in connections)), 5)
-    return LoadResult(took, np.array(run.latencies), run.failures, run.first_failure)
+    return LoadResult(took, np.array(run.latencies), run.failures, run.first_failure, busy)
 
 
 def drive(
