@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import http.client
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -472,3 +473,27 @@ def test_clickstream_serve_rejects_a_bad_port(pipeline):
     result = pipeline.cli("serve", "--port", "70000")
     assert result.returncode == 2
     assert "--port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_api_runs_small_and_ends_with_its_figures(pipeline):
+    result = pipeline.cli(
+        "bench",
+        "api",
+        "--views",
+        "20000",
+        "--users",
+        "500",
+        "--seconds",
+        "1",
+        "--concurrency",
+        "8",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.search(r"ours is [\d,]+ times faster", result.stdout)
+    assert re.fullmatch(
+        r"real: [\d,]+ req/s p50=[\d.]+ms p99=[\d.]+ms \| "
+        r"trivial: [\d,]+ req/s p50=[\d.]+ms p99=[\d.]+ms \| ratio=\d+\.\d\d",
+        lines[-1],
+    ), lines[-1]
