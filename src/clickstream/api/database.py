@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError, Unavailable
+from clickstream.store.db import is_outage
 
 __all__ = ["Database"]
 
@@ -77,7 +78,9 @@ class Database:
             raise Unavailable("no database connection available: is the database up?") from exc
         try:
             yield conn
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
+            if not is_outage(exc):
+                raise
             raise Unavailable(f"the database connection failed: {str(exc).strip()}") from exc
         finally:
             await pool.putconn(conn)
