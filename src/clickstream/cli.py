@@ -273,7 +273,7 @@ def cmd_bench_realtime(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.bench.ingest import run_ingest_benchmark
 
-    run_ingest_benchmark(settings, events=args.events, seed=args.seed)
+    run_ingest_benchmark(settings, events=args.events, seed=args.seed, consumers=args.consumers)
     return 0
 
 
@@ -523,6 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--events", type=_positive_int, default=1_000_000, help="views (default 1000000)"
     )
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p.add_argument(
+        "--consumers",
+        type=_positive_int,
+        default=2,
+        help="consumer processes in the group (default 2, one per core)",
+    )
     p = command(
         "realtime",
         cmd_bench_realtime,

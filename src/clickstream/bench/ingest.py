@@ -5,8 +5,9 @@ database, so the ratio isolates what Kafka, the consumer loop, cleaning and the 
 merge cost on top of the fastest possible write:
 
   (a) one raw COPY of the rows (the ceiling);
-  (b) produce the raw events at max speed into fresh topics while a consumer group member
-      ingests them, timed from the first send until the last row is committed.
+  (b) produce the raw events at max speed into fresh topics while the members of a consumer
+      group (by default two processes, one per core of the reference machine) ingest them,
+      timed from the first send until the last row is committed.
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ def scratch_database(settings: Settings, name: str = SCRATCH_DATABASE) -> str:
     return make_conninfo(server, dbname=name)
 
 
-def run_ingest_benchmark(settings: Settings, *, events: int, seed: int) -> IngestFigures:
+def run_ingest_benchmark(
+    settings: Settings, *, events: int, seed: int, consumers: int = 2
+) -> IngestFigures:
     bootstrap = bootstrap_servers(settings)
     run = uuid.uuid4().hex[:8]
     bench = dataclasses.replace(
@@ -84,7 +87,10 @@ def run_ingest_benchmark(settings: Settings, *, events: int, seed: int) -> Inges
         kafka_orders_topic=f"bench-orders-{run}",
         kafka_consumer_group=f"bench-ingest-{run}",
     )
-    print(f"scratch database {SCRATCH_DATABASE}, topics {bench.kafka_views_topic} (+orders)")
+    print(
+        f"scratch database {SCRATCH_DATABASE}, topics {bench.kafka_views_topic} (+orders),"
+        f" {consumers} consumer(s)"
+    )
 
     started = time.monotonic()
     lines = view_lines(events, seed=seed)
@@ -96,7 +102,7 @@ def run_ingest_benchmark(settings: Settings, *, events: int, seed: int) -> Inges
             f"(a) raw COPY: {events:,} rows in {copy_seconds:.2f}s"
             f" = {events / copy_seconds:,.0f} rows/s"
         )
-        pipeline_seconds, produce_seconds = _full_path(bench, bootstrap, lines)
+        pipeline_seconds, produce_seconds = _full_path(bench, bootstrap, lines, consumers)
         print(
             f"(b) produce -> consume -> PostgreSQL: {events:,} events in {pipeline_seconds:.2f}s"
             f" = {events / pipeline_seconds:,.0f} events/s"
@@ -135,61 +141,88 @@ def _raw_copy(settings: Settings, lines: list[bytes]) -> float:
     return took
 
 
-def _full_path(settings: Settings, bootstrap: str, lines: list[bytes]) -> tuple[float, float]:
+def _full_path(
+    settings: Settings, bootstrap: str, lines: list[bytes], consumers: int
+) -> tuple[float, float]:
     """Time (b); return (seconds until every row is stored, seconds the producer took)."""
     path = settings.data_dir / f"{settings.kafka_views_topic}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join(line + b"\n" for line in lines))
     try:
-        return _timed_pipeline(settings, bootstrap, path, len(lines))
+        return _timed_pipeline(settings, bootstrap, path, len(lines), consumers)
     finally:
         path.unlink(missing_ok=True)
 
 
 def _timed_pipeline(
-    settings: Settings, bootstrap: str, path: Path, total: int
+    settings: Settings, bootstrap: str, path: Path, total: int, consumers: int
 ) -> tuple[float, float]:
     ensure_topics(
         bootstrap,
         [settings.kafka_views_topic, settings.kafka_orders_topic],
         settings.kafka_partitions,
     )
-    # The producer is a separate process, as in production: it must not share a GIL with
-    # the consumer it is measured against. It starts before any Kafka client of ours exists.
+    # Producer and consumers are separate processes, as in production: none shares a GIL
+    # with another. They start before any Kafka client exists in this process.
     ctx = multiprocessing.get_context("spawn")
-    go, done = ctx.Event(), ctx.Queue()
+    go, done, stop = ctx.Event(), ctx.Queue(), ctx.Event()
     producer = ctx.Process(
         target=_produce, args=(bootstrap, settings.kafka_views_topic, path, go, done)
     )
-    producer.start()
-    ingestor = Ingestor(settings, bootstrap)
-    consumer = threading.Thread(target=ingestor.run, name="bench-consumer", daemon=True)
-    consumer.start()
+    members = [_Member(ctx) for _ in range(consumers)]
+    processes = [producer] + [
+        ctx.Process(target=_consume, args=(settings, bootstrap, m.assigned, m.stored, stop))
+        for m in members
+    ]
+    for process in processes:
+        process.start()
+    delivered = -1
     try:
-        print("waiting for the consumer to join its group ...")
-        while not ingestor.assigned:
-            if not consumer.is_alive():
-                raise RuntimeError("the consumer stopped before it was assigned partitions")
+        print(f"waiting for {consumers} consumer(s) to join their group ...")
+        while not all(m.assigned.is_set() for m in members):
+            if not all(p.is_alive() for p in processes[1:]):
+                raise RuntimeError("a consumer stopped before it was assigned partitions")
             time.sleep(0.05)
         started = time.monotonic()
         go.set()
         with tqdm(total=total, unit="ev", unit_scale=True, desc="stored") as bar:
-            while ingestor.stats.views < total:
-                if not consumer.is_alive():
-                    raise RuntimeError("the consumer stopped before storing every event")
+            while (stored := sum(m.stored.value for m in members)) < total:
+                if not all(p.is_alive() for p in processes[1:]):
+                    raise RuntimeError("a consumer stopped before storing every event")
                 time.sleep(0.02)
-                bar.update(ingestor.stats.views - bar.n)
-            bar.update(ingestor.stats.views - bar.n)
+                bar.update(stored - bar.n)
+            bar.update(stored - bar.n)
         took = time.monotonic() - started
         produce_seconds, delivered = done.get(timeout=120)
     finally:
-        ingestor.stop.set()
+        stop.set()
         go.set()
-        producer.join()
-        consumer.join()
+        for process in processes:
+            process.join()
     if delivered != total:
         raise RuntimeError(f"the producer delivered {delivered:,} of {total:,} events")
     return took, produce_seconds
+
+
+class _Member:
+    """What the benchmark sees of one consumer process: assigned yet, and rows stored."""
+
+    def __init__(self, ctx) -> None:
+        self.assigned = ctx.Event()
+        self.stored = ctx.Value("q", 0, lock=False)
+
+
+def _consume(settings: Settings, bootstrap: str, assigned, stored, stop) -> None:
+    ingestor = Ingestor(settings, bootstrap)
+    consumer = threading.Thread(target=ingestor.run, name="bench-consumer")
+    consumer.start()
+    while consumer.is_alive():
+        if ingestor.assigned:
+            assigned.set()
+        stored.value = ingestor.stats.views
+        if stop.wait(0.02):
+            ingestor.stop.set()
+    stored.value = ingestor.stats.views
 
 
 def _produce(bootstrap: str, topic: str, path: Path, go, done) -> None:
