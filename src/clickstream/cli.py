@@ -19,6 +19,7 @@ from pathlib import Path
 from clickstream import __version__
 from clickstream.config import Settings, load_settings
 from clickstream.errors import ClickstreamError, UsageError
+from clickstream.process import tune_garbage_collector
 
 __all__ = ["main"]
 
@@ -605,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     # XDG_RUNTIME_DIR; neither tells a user anything.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    tune_garbage_collector()
     try:
         settings = load_settings(args.config)
         return args.func(settings, args)

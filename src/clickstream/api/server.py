@@ -26,6 +26,7 @@ from uvicorn.supervisors import Multiprocess
 
 from clickstream.config import SETTINGS, Settings, load_settings
 from clickstream.errors import ClickstreamError
+from clickstream.process import tune_garbage_collector
 
 __all__ = ["BackgroundServer", "app_from_environment", "run_in_background", "serve"]
 
@@ -77,6 +78,7 @@ def app_from_environment():
     )
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     app = create_app(load_settings())
+    tune_garbage_collector()
     gc.freeze()
     return app
 

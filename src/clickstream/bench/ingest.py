@@ -33,6 +33,7 @@ from clickstream.generate import view_lines
 from clickstream.ingest import Ingestor
 from clickstream.kafka.client import ensure_topics
 from clickstream.kafka.producer import TimestampClock, produce_lines, stamp
+from clickstream.process import tune_garbage_collector
 from clickstream.services.embedded import bootstrap_servers, database_url
 from clickstream.store.db import connect
 from clickstream.store.writer import copy_views
@@ -213,6 +214,7 @@ class _Member:
 
 
 def _consume(settings: Settings, bootstrap: str, assigned, stored, stop) -> None:
+    tune_garbage_collector()
     ingestor = Ingestor(settings, bootstrap)
     consumer = threading.Thread(target=ingestor.run, name="bench-consumer")
     consumer.start()
@@ -226,6 +228,7 @@ def _consume(settings: Settings, bootstrap: str, assigned, stored, stop) -> None
 
 
 def _produce(bootstrap: str, topic: str, path: Path, go, done) -> None:
+    tune_garbage_collector()
     with open(path, "rb") as handle:
         lines = handle.readlines()
     go.wait()
