@@ -25,13 +25,12 @@ import time
 from dataclasses import dataclass
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 from tqdm import tqdm
 
 from clickstream.bench.loadgen import LoadResult, drive_in_process
+from clickstream.bench.scratch import scratch_database
 from clickstream.config import SETTINGS, Settings
 from clickstream.errors import ClickstreamError
-from clickstream.services.embedded import database_url
 from clickstream.store.recent import RECENTLY_VIEWED
 from clickstream.store.schema import migrate
 
@@ -73,14 +72,6 @@ class Endpoint:
             f"{self.name}: {r.rate:,.0f} req/s"
             f" p50={r.percentile(50) * 1000:.1f}ms p99={r.percentile(99) * 1000:.1f}ms"
         )
-
-
-def _scratch_database(settings: Settings) -> str:
-    server = database_url(settings)
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DATABASE} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {SCRATCH_DATABASE}")
-    return make_conninfo(server, dbname=SCRATCH_DATABASE)
 
 
 def _load(url: str, *, views: int, users: int) -> None:
@@ -200,7 +191,7 @@ def _time_queries(url: str, query: str, extra: tuple, users: int, seconds: float
 def run_api_benchmark(
     settings: Settings, *, views: int, users: int, seconds: float, concurrency: int
 ) -> None:
-    url = _scratch_database(settings)
+    url = scratch_database(settings, SCRATCH_DATABASE)
     print(f"scratch database {SCRATCH_DATABASE}: {views:,} views of {users:,} users")
     started = time.monotonic()
     _load(url, views=views, users=users)

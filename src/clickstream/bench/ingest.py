@@ -21,12 +21,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from psycopg.conninfo import make_conninfo
 from tqdm import tqdm
 
+from clickstream.bench.scratch import scratch_database
 from clickstream.config import Settings
 from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.generate import view_lines
@@ -34,7 +33,7 @@ from clickstream.ingest import Ingestor
 from clickstream.kafka.client import ensure_topics
 from clickstream.kafka.producer import TimestampClock, produce_lines, stamp
 from clickstream.process import tune_garbage_collector
-from clickstream.services.embedded import bootstrap_servers, database_url
+from clickstream.services.embedded import bootstrap_servers
 from clickstream.store.db import connect
 from clickstream.store.writer import copy_views
 
@@ -63,19 +62,6 @@ class IngestFigures:
         return self.pipeline_rate / self.copy_rate
 
 
-def scratch_database(settings: Settings, name: str = SCRATCH_DATABASE) -> str:
-    """Recreate an empty database `name` on the configured server; return its URL.
-
-    Benchmarks never touch the real tables: they run on the same server, in their own
-    database, dropped and created afresh each run.
-    """
-    server = database_url(settings)
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {name}")
-    return make_conninfo(server, dbname=name)
-
-
 def run_ingest_benchmark(
     settings: Settings, *, events: int, seed: int, consumers: int = 2
 ) -> IngestFigures:
@@ -83,7 +69,7 @@ def run_ingest_benchmark(
     run = uuid.uuid4().hex[:8]
     bench = dataclasses.replace(
         settings,
-        database_url=scratch_database(settings),
+        database_url=scratch_database(settings, SCRATCH_DATABASE),
         kafka_views_topic=f"bench-views-{run}",
         kafka_orders_topic=f"bench-orders-{run}",
         kafka_consumer_group=f"bench-ingest-{run}",

@@ -24,18 +24,17 @@ from dataclasses import dataclass
 
 import httpx
 import orjson
-import psycopg
 from confluent_kafka.admin import AdminClient
-from psycopg.conninfo import make_conninfo
 from tqdm import tqdm
 
 from clickstream.api.server import run_in_background
+from clickstream.bench.scratch import scratch_database
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.generate import generate
 from clickstream.kafka.client import ensure_topics
 from clickstream.realtime.source import RealtimeSource
-from clickstream.services.embedded import bootstrap_servers, database_url
+from clickstream.services.embedded import bootstrap_servers
 from clickstream.store.catalog import upsert_products
 from clickstream.store.db import connect
 
@@ -107,14 +106,6 @@ def _produce(bootstrap: str, topic: str, events: int, users: int, seed: int, que
     queue.put(("done", (started, time.time(), result.delivered, result.failed, probes)))
 
 
-def _scratch_database(settings: Settings) -> str:
-    server = database_url(settings)
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DATABASE} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {SCRATCH_DATABASE}")
-    return make_conninfo(server, dbname=SCRATCH_DATABASE)
-
-
 def run_realtime_benchmark(
     settings: Settings, *, events: int, users: int, seed: int
 ) -> RealtimeFigures:
@@ -123,7 +114,7 @@ def run_realtime_benchmark(
     run = uuid.uuid4().hex[:8]
     bench = dataclasses.replace(
         settings,
-        database_url=_scratch_database(settings),
+        database_url=scratch_database(settings, SCRATCH_DATABASE),
         kafka_bootstrap_servers=bootstrap,
         kafka_views_topic=f"bench-realtime-{run}",
         # the whole run stays inside the window, so (b) can check it holds every event

@@ -22,7 +22,7 @@ import numpy as np
 import psycopg
 from tqdm import tqdm
 
-from clickstream.bench.ingest import scratch_database
+from clickstream.bench.scratch import scratch_database
 from clickstream.config import Settings
 from clickstream.events import CleanBatch, OrderLineRow, ViewRow
 from clickstream.generate import PLATFORMS
