@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clickstream.realtime.window import SlidingWindow, View, natural_key, ranked
+from clickstream.natural import natural_key
+from clickstream.realtime.window import SlidingWindow, View, ranked
 
 W = 10_000  # a 10-second window keeps the timelines readable; times are in ms
 

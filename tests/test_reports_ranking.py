@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from clickstream.natural import natural_key
 from clickstream.reports.hours import file_names, hours_between, last_complete_hour, parse_hour
 from clickstream.reports.ranking import (
     Counts,
@@ -13,7 +14,6 @@ from clickstream.reports.ranking import (
     ProductUsers,
     conversion_rate,
     counts_from_products,
-    natural_key,
     render,
     top_rows,
 )

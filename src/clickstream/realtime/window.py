@@ -29,38 +29,22 @@ Memory is proportional to the events inside the window.
 from __future__ import annotations
 
 import heapq
-import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from clickstream.natural import natural_key
 
 __all__ = [
     "DEFAULT_MAX_SKEW_MS",
     "Snapshot",
     "SlidingWindow",
     "View",
-    "natural_key",
     "ranked",
 ]
 
 DEFAULT_MAX_SKEW_MS = 5_000
-
-_DIGITS = re.compile(r"\d+")
-
-
-def _number(match: re.Match) -> str:
-    digits = match.group().lstrip("0") or "0"
-    return f"{len(digits):03d}{digits}"
-
-
-def natural_key(text: str) -> str:
-    """Sort key that puts `category-2` before `category-10`.
-
-    Each run of digits becomes its length and its digits, so plain string comparison (fast,
-    in C) orders numbers by value; the text itself breaks the remaining ties.
-    """
-    return _DIGITS.sub(_number, text) + "\0" + text
 
 
 def ranked(counts: dict[str, int]) -> list[tuple[str, int]]:

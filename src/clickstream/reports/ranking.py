@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from clickstream.natural import natural_key
 
 __all__ = [
     "TOP",
@@ -22,13 +23,11 @@ __all__ = [
     "conversion_rate",
     "conversion_rows",
     "counts_from_products",
-    "natural_key",
     "render",
     "top_rows",
 ]
 
 TOP = 10
-_DIGITS = re.compile(r"([0-9]+)")
 
 
 class ProductUsers(NamedTuple):
@@ -86,16 +85,6 @@ def counts_from_products(views: Iterable[ProductEvents], orders: Iterable[Produc
         left_out_order_lines=left_out_lines,
         left_out_products=len(missing),
     )
-
-
-def natural_key(text: str) -> tuple:
-    """Order ids as people read them: `product-2` before `product-10`.
-
-    Runs of ASCII digits compare as numbers, the rest as text; ids equal as numbers
-    (`product-01`, `product-1`) fall back to plain text order, so the order is total.
-    """
-    parts = _DIGITS.split(text)
-    return (tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), text)
 
 
 def top_rows(counts: Iterable[ProductUsers], top: int = TOP) -> list[list[str]]:
