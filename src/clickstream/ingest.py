@@ -21,12 +21,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clickstream.config import Settings
 from clickstream.errors import Unavailable
 from clickstream.events import CleanBatch, Kind, RawEvent, Reason, Reject, clean_batch
 from clickstream.kafka.client import consumer_config, ensure_topics
+from clickstream.kafka.records import raw_event
 from clickstream.store.db import connect, is_outage
 from clickstream.store.writer import WriteResult, write_batch
 
@@ -102,28 +103,8 @@ class Ingestor:
         log.info("revoked %s", _describe(partitions))
 
     def _raw_events(self, messages) -> list[RawEvent]:
-        events = []
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if error.fatal():
-                    raise KafkaException(error)
-                log.warning("broker reported: %s", error)
-                continue
-            _, timestamp = message.timestamp()
-            events.append(
-                RawEvent(
-                    self._kinds[message.topic()],
-                    message.topic(),
-                    message.partition(),
-                    message.offset(),
-                    message.value(),
-                    timestamp if timestamp > 0 else None,
-                )
-            )
-        return events
+        kinds = self._kinds
+        return [event for m in messages if (event := raw_event(m, kinds)) is not None]
 
     @staticmethod
     def _offsets(events: list[RawEvent]) -> list[TopicPartition]:

@@ -27,12 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.kafka.client import ensure_topics
+from clickstream.kafka.records import is_partition_eof, raw_event
 from clickstream.realtime.window import SlidingWindow, Snapshot, View
 
 __all__ = [
@@ -289,31 +290,17 @@ class RealtimeSource:
                 consumer.close()
 
     def _take(self, messages: list) -> None:
-        topic = self.topic
+        kinds = {self.topic: Kind.VIEW}
         behind = self._behind
         live: list[RawEvent] = []
         history: list[RawEvent] = []
         for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
+            event = raw_event(message, kinds)
+            if event is None:
+                if is_partition_eof(message):
                     behind.discard(message.partition())
-                elif error.fatal():
-                    raise KafkaException(error)
-                else:
-                    log.warning("broker reported: %s", error)
                 continue
-            partition = message.partition()
-            _, timestamp = message.timestamp()
-            event = RawEvent(
-                Kind.VIEW,
-                topic,
-                partition,
-                message.offset(),
-                message.value(),
-                timestamp if timestamp > 0 else None,
-            )
-            (history if partition in behind else live).append(event)
+            (history if event.partition in behind else live).append(event)
         now = self._clock()
         views = self._views(live)
         if history:
