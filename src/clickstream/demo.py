@@ -184,14 +184,13 @@ def _print_summary(settings: Settings, server: BackgroundServer) -> None:
         reasons = conn.execute(
             "SELECT split_part(reason, ':', 1), count(*) FROM dead_letters GROUP BY 1 ORDER BY 1"
         ).fetchall()
+        row = conn.execute("SELECT userid FROM product_views LIMIT 1").fetchone()
     print(
         f"in PostgreSQL: {views:,} views by {users:,} users of {products:,} products;"
         f" {lines:,} order lines of {orders:,} orders"
     )
     if reasons:
         print("dead letters: " + ", ".join(f"{count} {reason}" for reason, count in reasons))
-    with connect(settings) as conn:
-        row = conn.execute("SELECT userid FROM product_views LIMIT 1").fetchone()
     if row:
         print(
             f"recently viewed, as the recommendation service asks for it:"
