@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PLATFORMS", "Dataset", "generate", "view_lines", "write_dataset"]
+__all__ = ["PLATFORMS", "Dataset", "generate", "power_law", "view_lines", "write_dataset"]
 
 PLATFORMS = ("desktop", "mobile-web", "android", "ios")
 _PLATFORM_WEIGHTS = (0.42, 0.28, 0.18, 0.12)
@@ -38,7 +38,8 @@ def _uuids(rng: np.random.Generator, count: int) -> list[str]:
     return out
 
 
-def _power_law(rng: np.random.Generator, count: int, exponent: float) -> np.ndarray:
+def power_law(rng: np.random.Generator, count: int, exponent: float) -> np.ndarray:
+    """Probabilities of `count` items, skewed like real popularity, in a shuffled order."""
     weights = 1.0 / np.arange(1, count + 1) ** exponent
     rng.shuffle(weights)
     return weights / weights.sum()
@@ -61,18 +62,18 @@ def generate(
 
     # Catalog: category sizes are skewed too; every category gets at least one product
     # when there are enough products.
-    category_of = rng.choice(categories, size=products, p=_power_law(rng, categories, 0.6))
+    category_of = rng.choice(categories, size=products, p=power_law(rng, categories, 0.6))
     category_of[: min(categories, products)] = np.arange(min(categories, products))
     rng.shuffle(category_of)
     catalog = [(product_ids[i], f"category-{category_of[i] + 1}") for i in range(products)]
 
-    popularity = _power_law(rng, products, 1.1)
+    popularity = power_law(rng, products, 1.1)
     members = [np.flatnonzero(category_of == c) for c in range(categories)]
     category_weight = np.array([popularity[m].sum() for m in members])
     live = np.flatnonzero(category_weight > 0)
 
     # Views: active users view more; most views fall in the viewer's favourite categories.
-    activity = _power_law(rng, users, 0.8)
+    activity = power_law(rng, users, 0.8)
     viewer = rng.choice(users, size=views, p=activity)
     favourites = live[
         rng.choice(

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from clickstream.bench.scratch import scratch_database
 from clickstream.config import Settings
 from clickstream.events import CleanBatch, OrderLineRow, ViewRow
-from clickstream.generate import PLATFORMS
+from clickstream.generate import PLATFORMS, power_law
 from clickstream.reports.hourly import read_counts
 from clickstream.reports.hours import suffix
 from clickstream.reports.queries import raw_counts
@@ -46,12 +46,6 @@ _BATCH = 20_000
 _REPEAT = 3
 
 
-def _power_law(rng: np.random.Generator, count: int, exponent: float) -> np.ndarray:
-    weights = 1.0 / np.arange(1, count + 1) ** exponent
-    rng.shuffle(weights)
-    return weights / weights.sum()
-
-
 def _moments(rng: np.random.Generator, count: int) -> list[str]:
     """Event times spread over the benchmark hour, in the project's timestamp format."""
     start = np.datetime64(BENCH_HOUR.replace(tzinfo=None), "ms")
@@ -70,8 +64,8 @@ def _catalog(rng: np.random.Generator) -> list[tuple[str, str]]:
 def _batches(seed: int, views: int, order_lines: int) -> Iterator[CleanBatch]:
     """Cleaned batches of views, then of order lines (orders of 1 to 4 lines), in one hour."""
     rng = np.random.default_rng(seed)
-    users = _power_law(rng, _USERS, 0.7)
-    products = _power_law(rng, _PRODUCTS, 1.0)
+    users = power_law(rng, _USERS, 0.7)
+    products = power_law(rng, _PRODUCTS, 1.0)
     for start in range(0, views, _BATCH):
         n = min(_BATCH, views - start)
         who = rng.choice(_USERS, size=n, p=users) + 1
