@@ -74,7 +74,8 @@ def services(tmp_path_factory) -> Iterator[Settings]:
         embedded.down(settings)
 
 
-def _fresh_database(server_url: str) -> Iterator[str]:
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new empty database on the server for the caller's lifetime, dropped afterwards."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
@@ -136,7 +137,7 @@ def _pipeline(services: Settings, database_url: str) -> Pipeline:
 @pytest.fixture
 def pipeline(services) -> Iterator[Pipeline]:
     """Fresh topics, consumer group and database on the embedded services."""
-    for url in _fresh_database(embedded.database_url(services)):
+    for url in fresh_database(embedded.database_url(services)):
         yield _pipeline(services, url)
 
 
@@ -145,7 +146,7 @@ def external_pipeline(services) -> Iterator[Pipeline]:
     """The same on the external PostgreSQL server named by CLICKSTREAM_DATABASE_URL."""
     if not EXTERNAL_PG_URL:
         pytest.skip("CLICKSTREAM_DATABASE_URL is not set: no external PostgreSQL server to test")
-    for url in _fresh_database(EXTERNAL_PG_URL):
+    for url in fresh_database(EXTERNAL_PG_URL):
         yield _pipeline(services, url)
 
 

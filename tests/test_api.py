@@ -24,13 +24,11 @@ from typing import NamedTuple
 from urllib.parse import quote
 
 import orjson
-import psycopg
 import pytest
 import schemathesis
-from conftest import settings_env
+from conftest import fresh_database, settings_env
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
-from psycopg import conninfo
 
 from clickstream.api.app import create_app
 from clickstream.api.coalesce import Coalescer
@@ -116,15 +114,7 @@ def at(second: int) -> str:
 
 @pytest.fixture(scope="module")
 def empty_database(services) -> Iterator[str]:
-    server = embedded.database_url(services)
-    name = f"test_api_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield conninfo.make_conninfo(server, dbname=name)
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield from fresh_database(embedded.database_url(services))
 
 
 @pytest.fixture(scope="module")
