@@ -1,7 +1,7 @@
 """The recommendation API over real HTTP (uvicorn on loopback) and a real PostgreSQL.
 
-Views are stored through the consumer's own cleaning and writer, so `recent_views` is kept
-exactly as in production; the freshness test goes through Kafka end to end.
+Views are stored through the consumer's own cleaning and writer, so `user_product_hours` is
+kept exactly as in production; the freshness test goes through Kafka end to end.
 """
 
 from __future__ import annotations
@@ -179,6 +179,27 @@ def test_distinct_products_most_recent_first(pipeline, serve):
     everything = get(server, "/api/users/user-1/recently-viewed?limit=100").json["products"]
     assert everything == ["p2", "p6", "p5", "p4", "p3", "p1"]
     assert get(server, "/api/users/user-2/recently-viewed").json["products"] == ["p9"]
+
+
+def test_a_product_viewed_every_hour_is_listed_once_then_older_ones(pipeline, serve):
+    # user-3 viewed a, b, c one morning, then "hot" once an hour for twelve hours, so the
+    # newest rows (one per product and hour) repeat "hot" more than a first window holds;
+    # "hot" was also viewed late, in an hour long past, which changes nothing.
+    def hour(h: int, minute: int = 0) -> str:
+        return f"2026-11-{10 + h // 24:02d}T{h % 24:02d}:{minute:02d}:00.000Z"
+
+    store_views(
+        pipeline.settings,
+        [("user-3", p, hour(0, m)) for m, p in enumerate(["a", "b", "c"])]
+        + [("user-3", "hot", hour(20 + h, 30)) for h in range(12)],
+    )
+    store_views(pipeline.settings, [("user-3", "hot", hour(1))], first_offset=100)
+    server = serve(pipeline.settings)
+
+    path = "/api/users/user-3/recently-viewed"
+    assert get(server, f"{path}?limit=3").json["products"] == ["hot", "c", "b"]
+    assert get(server, f"{path}?limit=1").json["products"] == ["hot"]
+    assert get(server, f"{path}?limit=100").json["products"] == ["hot", "c", "b", "a"]
 
 
 def test_unknown_user_gets_an_empty_list(api):

@@ -14,6 +14,7 @@ One hour, 2026-11-24T13, holds (by category):
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from clickstream.events import Kind, RawEvent, clean_batch, format_timestamp
 from clickstream.reports.hourly import read_counts
 from clickstream.reports.hours import parse_hour
 from clickstream.reports.queries import raw_counts
+from clickstream.reports.ranking import ProductUsers
 from clickstream.store.catalog import upsert_products
 from clickstream.store.db import connect
 from clickstream.store.schema import MIGRATIONS, migrate
@@ -164,6 +166,45 @@ def test_counters_agree_with_the_raw_events(hour_stored):
     assert sorted(counters.buyers) == sorted(raw.buyers)
     assert _rest(counters) == _rest(raw)
     assert totals == (136 + 52 + 2 + 4, 4 + 1 + 2)
+
+
+@pytest.mark.parametrize("second_view", ["later", "earlier"])
+def test_two_consumers_storing_one_viewer_at_once_count_it_once(pipeline, second_view):
+    """Consumer B stores a view of the same (hour, product, user) while A's batch with it is
+    still uncommitted: B waits for A, then must find the viewer counted already, whether
+    its view is newer (B updates the row) or older (B leaves it)."""
+    settings = pipeline.settings
+    with connect(settings) as conn:
+        upsert_products(conn, CATALOG)
+    at = H + timedelta(minutes=30)
+    other = at + (timedelta(minutes=5) if second_view == "later" else -timedelta(minutes=5))
+    first = clean_batch([RawEvent(Kind.VIEW, "v", 0, 0, view("user-1", "product-1", at), None)])
+    second = clean_batch(
+        [
+            RawEvent(Kind.VIEW, "v", 1, 0, view("user-1", "product-1", other), None),
+            RawEvent(Kind.VIEW, "v", 1, 1, view("user-2", "product-1", other), None),
+        ]
+    )
+    with connect(settings) as a, connect(settings) as b:
+        b_pid = b.info.backend_pid
+        with a.transaction():
+            write_batch(a, first)
+            writer = threading.Thread(target=write_batch, args=(b, second))
+            writer.start()
+            deadline = time.monotonic() + 10
+            while not a.execute(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (b_pid,)
+            ).fetchone()[0]:
+                assert time.monotonic() < deadline, "B never waited for A"
+                time.sleep(0.01)
+        writer.join(10)
+    assert not writer.is_alive()
+    with connect(settings, autocommit=True) as conn:
+        counters, totals = read_counts(conn, H)
+        raw = raw_counts(conn, H)
+    assert counters.viewers == raw.viewers == [ProductUsers("category-1", "product-1", 2)]
+    assert counters.views == {"category-1": 3}
+    assert totals == (3, 0)
 
 
 def _rest(counts):

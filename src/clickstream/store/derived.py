@@ -15,26 +15,26 @@ __all__ = ["ORDER_LINE_DERIVATIONS", "VIEW_DERIVATIONS", "Derivation"]
 
 Derivation = tuple[str, str]  # (name, statement)
 
-# Latest view per (user, product) for the recently-viewed API. Grouped because one batch may
-# hold several views of a pair; ordered so that concurrent consumers lock rows in one order.
-RECENT_VIEWS = """
-    INSERT INTO recent_views AS r (userid, productid, viewed_at)
-    SELECT userid, productid, max(viewed_at) FROM new_product_views
-    GROUP BY userid, productid ORDER BY userid, productid
-    ON CONFLICT (userid, productid) DO UPDATE SET viewed_at = excluded.viewed_at
+# Who viewed what in which UTC hour, with the latest view of that hour (migration
+# 0004_user_product_hours): what the recently-viewed API reads, and what makes the hourly
+# distinct-viewer counters exact. Grouped because one batch may hold several views of a
+# triple; ordered so that concurrent consumers lock rows in one order. It RETURNs the triples
+# it inserted (a row that was only updated has a non-zero xmax, the updating transaction's
+# lock), and those are the batch's new distinct viewers; a triple another consumer inserted
+# first is updated or skipped here, so it is counted once.
+USER_PRODUCT_HOURS = """
+    INSERT INTO user_product_hours AS r (userid, productid, hour, viewed_at)
+    SELECT userid, productid, date_bin('1 hour', viewed_at, '2000-01-01 00:00+00'),
+           max(viewed_at)
+    FROM new_product_views GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (userid, productid, hour) DO UPDATE SET viewed_at = excluded.viewed_at
     WHERE r.viewed_at < excluded.viewed_at
+    RETURNING hour, productid, r.xmax = 0 AS inserted
 """
 
 # The hourly reports' counters (see migration 0002_report_aggregates), pre-grouped per batch:
-# each new (hour, product, user) once, then per product and UTC hour the events and the new
-# distinct users in one upsert. Ordered so that concurrent consumers lock rows in one order.
-REPORT_VIEWERS = """
-    INSERT INTO report_viewers (hour, productid, userid)
-    SELECT DISTINCT date_bin('1 hour', viewed_at, '2000-01-01 00:00+00'), productid, userid
-    FROM new_product_views ORDER BY 1, 2, 3
-    ON CONFLICT DO NOTHING
-    RETURNING hour, productid
-"""
+# per product and UTC hour, the events and the new distinct users in one upsert. Ordered so
+# that concurrent consumers lock rows in one order.
 REPORT_VIEW_COUNTS = """
     INSERT INTO report_view_hours AS r (hour, productid, views, viewers)
     SELECT hour, productid, sum(views), sum(viewers) FROM (
@@ -42,12 +42,15 @@ REPORT_VIEW_COUNTS = """
                count(*) AS views, 0 AS viewers
         FROM new_product_views GROUP BY 1, 2
         UNION ALL
-        SELECT hour, productid, 0, count(*) FROM new_report_viewers GROUP BY 1, 2
+        SELECT hour, productid, 0, count(*) FROM new_user_product_hours WHERE inserted
+        GROUP BY 1, 2
     ) AS batch
     GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (hour, productid) DO UPDATE
     SET views = r.views + excluded.views, viewers = r.viewers + excluded.viewers
 """
+# Buyers are a tenth of viewers and nothing else needs them per user: each (hour, product,
+# user) once, and the rows really inserted are the new distinct buyers.
 REPORT_BUYERS = """
     INSERT INTO report_buyers (hour, productid, userid)
     SELECT DISTINCT date_bin('1 hour', ordered_at, '2000-01-01 00:00+00'), productid, userid
@@ -70,8 +73,7 @@ REPORT_ORDER_COUNTS = """
 """
 
 VIEW_DERIVATIONS: tuple[Derivation, ...] = (
-    ("recent_views", RECENT_VIEWS),
-    ("new_report_viewers", REPORT_VIEWERS),
+    ("new_user_product_hours", USER_PRODUCT_HOURS),
     ("report_view_counts", REPORT_VIEW_COUNTS),
 )
 
