@@ -11,12 +11,14 @@ import copy
 import json
 import re
 from datetime import UTC, datetime
+from unittest import mock
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clickstream import events
 from clickstream.events import (
     MAX_ID_LENGTH,
     MAX_QUANTITY,
@@ -666,3 +668,46 @@ def test_near_valid_events_either_clean_or_dead_letter(data):
     count = data.draw(st.integers(1, 6))
     records = [data.draw(near_valid_records(offset)) for offset in range(count)]
     _check_each_record_has_exactly_one_fate(records, max_bytes=65536)
+
+
+@st.composite
+def plain_looking_views(draw, offset: int) -> RawEvent:
+    """Views shaped for the fast path, then bent: extra or nested fields, escapes, a stray
+    byte, a duplicate key, an odd timestamp."""
+    event = a_view()
+    for name in draw(st.lists(st.sampled_from(sorted(event)), max_size=2, unique=True)):
+        _mutate(event, name, draw(_maybe_field))
+    _mutate(event, "timestamp", draw(st.one_of(_timestamps, st.just("keep"), st.none())))
+    for container in (event, event.get("properties"), event.get("context")):
+        if isinstance(container, dict) and draw(st.integers(0, 4)) == 0:
+            container[draw(st.text(max_size=4))] = draw(_any_json)
+    text = json.dumps(event, ensure_ascii=draw(st.booleans()))
+    if draw(st.booleans()):
+        field = draw(st.sampled_from(["messageid", "userid", "event"]))
+        text = text[:-1] + f', "{field}": {json.dumps(draw(_hostile_text))}}}'
+    value = text.encode("utf-8", "surrogatepass")
+    if draw(st.integers(0, 3)) == 0:
+        at = draw(st.integers(0, len(value)))
+        value = value[:at] + bytes([draw(st.integers(0, 255))]) + value[at:]
+    kafka_ms = draw(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)))
+    return record(value, Kind.VIEW, offset, kafka_ms)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=500, deadline=None)
+@given(st.data())
+def test_the_fast_path_for_plain_views_agrees_with_the_general_rules(data):
+    records = [
+        data.draw(plain_looking_views(offset)) for offset in range(data.draw(st.integers(1, 4)))
+    ]
+    fast = clean_batch(records, max_event_bytes=400, now=NOW)
+    with mock.patch.object(events, "_plain_view", return_value=None):
+        general = clean_batch(records, max_event_bytes=400, now=NOW)
+    assert fast == general
+
+
+def test_plain_views_take_the_fast_path():
+    """The agreement test above would pass vacuously if nothing took the fast path."""
+    raw = record(orjson.dumps(a_view()), Kind.VIEW, 0, None)
+    assert events._plain_view(raw, 65536, "fallback") == clean_batch([raw]).views[0]
+    unusual = record(orjson.dumps(a_view(extra=1)), Kind.VIEW, 0, None)
+    assert events._plain_view(unusual, 65536, "fallback") is None

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+import msgspec
 import orjson
 
 __all__ = [
@@ -153,9 +154,8 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _event_time(event: dict[str, Any], kafka_timestamp_ms: int | None, fallback: str) -> str:
+def _event_time(stamp: Any, kafka_timestamp_ms: int | None, fallback: str) -> str:
     """The producer's stamp when usable, else the Kafka record's time, else ingest time."""
-    stamp = event.get("timestamp")
     if type(stamp) is str and 10 <= len(stamp) <= 40:
         try:
             moment = datetime.fromisoformat(stamp)
@@ -250,6 +250,60 @@ def _lineitems(event: dict[str, Any]) -> list[tuple[str, int]]:
     return lines
 
 
+class _Product(msgspec.Struct, forbid_unknown_fields=True):
+    productid: str
+
+
+class _Source(msgspec.Struct, forbid_unknown_fields=True):
+    source: str
+
+
+class _PlainView(msgspec.Struct, forbid_unknown_fields=True):
+    """A view with exactly the contract's fields, each of its type: nearly every view."""
+
+    event: str
+    messageid: str
+    userid: str
+    properties: _Product
+    context: _Source
+    timestamp: str | None = None
+
+
+_PLAIN_VIEW = msgspec.json.Decoder(_PlainView)
+
+
+def _plain_view(raw: RawEvent, max_event_bytes: int, fallback: str) -> ViewRow | None:
+    """The row of a plain view, decoded straight into its fields; None when it is not plain.
+
+    Twice as fast as the general rules, which then decide anything unusual: an ASCII payload
+    with no field beyond the contract's can only give the same answer both ways (a decoder
+    that skips unknown fields would not check them as `orjson` does), and a test checks it.
+    """
+    value = raw.value
+    if not value or len(value) > max_event_bytes or not value.isascii():
+        return None
+    try:
+        view = _PLAIN_VIEW.decode(value)
+    except msgspec.MsgspecError:
+        return None
+    messageid, userid = view.messageid, view.userid
+    productid, source = view.properties.productid, view.context.source
+    if (
+        view.event == _VIEW
+        and 0 < len(messageid) <= MAX_ID_LENGTH
+        and 0 < len(userid) <= MAX_ID_LENGTH
+        and 0 < len(productid) <= MAX_ID_LENGTH
+        and 0 < len(source) <= MAX_ID_LENGTH
+        and messageid.isprintable()
+        and userid.isprintable()
+        and productid.isprintable()
+        and source.isprintable()
+    ):
+        at = _event_time(view.timestamp, raw.kafka_timestamp_ms, fallback)
+        return ViewRow(messageid, userid, productid, source, at)
+    return None
+
+
 def clean_batch(
     records: list[RawEvent], *, max_event_bytes: int = 65536, now: datetime | None = None
 ) -> CleanBatch:
@@ -262,6 +316,11 @@ def clean_batch(
     batch = CleanBatch()
     views, order_lines = batch.views, batch.order_lines
     for raw in records:
+        if raw.kind is _VIEW:
+            row = _plain_view(raw, max_event_bytes, fallback)
+            if row is not None:
+                views.append(row)
+                continue
         try:
             event = _parse(raw, max_event_bytes)
             messageid = _ident(event, "messageid", "messageid")
@@ -275,12 +334,12 @@ def clean_batch(
                     raise _Invalid(Reason.MISSING_FIELD, "context.source")
                 productid = _ident(properties, "productid", "properties.productid")
                 source = _ident(context, "source", "context.source")
-                at = _event_time(event, raw.kafka_timestamp_ms, fallback)
+                at = _event_time(event.get("timestamp"), raw.kafka_timestamp_ms, fallback)
                 views.append(ViewRow(messageid, userid, productid, source, at))
             else:
                 orderid = _orderid(event)
                 lines = _lineitems(event)
-                at = _event_time(event, raw.kafka_timestamp_ms, fallback)
+                at = _event_time(event.get("timestamp"), raw.kafka_timestamp_ms, fallback)
                 batch.orders += 1
                 for line, (productid, quantity) in enumerate(lines, start=1):
                     order_lines.append(
