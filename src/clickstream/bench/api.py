@@ -16,11 +16,9 @@ time on one connection for a few seconds each, and the speed-up compares their m
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
@@ -29,7 +27,8 @@ from tqdm import tqdm
 
 from clickstream.bench.loadgen import LoadResult, drive_in_process
 from clickstream.bench.scratch import scratch_database
-from clickstream.config import SETTINGS, Settings
+from clickstream.bench.server import free_port, start_server
+from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.store.recent import RECENT_ENTRIES
 from clickstream.store.schema import migrate
@@ -121,51 +120,10 @@ def _load(url: str, *, views: int, users: int) -> None:
                 bar.update(1)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _cores() -> tuple[int | None, int | None]:
     """(load generator core, server core), or no pinning with fewer than two cores."""
     cores = sorted(os.sched_getaffinity(0))
     return (cores[0], cores[1]) if len(cores) >= 2 else (None, None)
-
-
-def _start_server(settings: Settings, url: str, port: int, core: int | None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
-    for setting in SETTINGS:
-        value = getattr(settings, setting.attr)
-        if value is not None:
-            env[setting.env] = str(value).lower() if isinstance(value, bool) else str(value)
-    env["CLICKSTREAM_DATABASE_URL"] = url
-    env["CLICKSTREAM_API_KEY"] = ""
-    if settings.source != "defaults":
-        env["CLICKSTREAM_CONFIG"] = settings.source
-    command = [sys.executable, "-m", "clickstream", "serve", "--port", str(port)]
-    command += ["--workers", "1", "--no-access-log"]
-    process = subprocess.Popen(
-        command,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=(lambda: os.sched_setaffinity(0, {core})) if core is not None else None,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                error = process.stderr.read().decode(errors="replace").strip().splitlines()
-                raise ClickstreamError(
-                    "the server did not start: " + (error[-1] if error else "no output")
-                ) from None
-            time.sleep(0.1)
 
 
 def _time_queries(url: str, query: str, extra: tuple, users: int, seconds: float) -> float:
@@ -199,8 +157,8 @@ def run_api_benchmark(
     print(f"loaded in {time.monotonic() - started:.0f}s")
 
     client_core, server_core = _cores()
-    port = _free_port()
-    server = _start_server(settings, url, port, server_core)
+    port = free_port()
+    server = start_server(dataclasses.replace(settings, database_url=url), port, server_core)
     pinning = (
         f"server on core {server_core}, load generator on core {client_core}"
         if server_core is not None

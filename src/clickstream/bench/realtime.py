@@ -3,10 +3,10 @@ events a second its window takes.
 
 One run, on a fresh topic and a scratch database holding the generated catalog:
 
-  (a) latency: the server runs (in this process, as `clickstream serve` would), a producer
-      process replays generated views at max speed with a probe event from a user of its
-      own every `PROBE_EVERY` events, and this process polls `GET /api/realtime`; a probe's
-      delay runs from its send time to the first response that lists its user;
+  (a) latency: `clickstream serve` runs in a process of its own, a producer process replays
+      generated views at max speed with a probe event from a user of its own every
+      `PROBE_EVERY` events, and this process polls `GET /api/realtime`; a probe's delay runs
+      from its send time to the first response that lists its user;
   (b) throughput: a fresh source reads the whole topic back into a window, timed from its
       start until it caught up: the events/s the window sustains, compared in `ratio=` with
       the producer's events/s of (a).
@@ -27,8 +27,8 @@ import orjson
 from confluent_kafka.admin import AdminClient
 from tqdm import tqdm
 
-from clickstream.api.server import run_in_background
 from clickstream.bench.scratch import scratch_database
+from clickstream.bench.server import free_port, start_server
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.generate import generate
@@ -166,10 +166,11 @@ def _latency(settings: Settings, events: int, users: int, seed: int):
         daemon=True,
     )
     producer.start()
-    server = run_in_background(settings, port=0)
+    port = free_port()
+    server = start_server(settings, port)
     seen: dict[str, float] = {}
     try:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             _wait(lambda: not client.get("/api/realtime").json()["catching_up"], "server start")
             _wait(lambda: not queue.empty() or not producer.is_alive(), "producer", 600)
             if queue.empty():
@@ -200,7 +201,8 @@ def _latency(settings: Settings, events: int, users: int, seed: int):
             if done is None:
                 done = queue.get(timeout=120)[1]
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(30)
         producer.join(10)
     started, stopped, delivered, _, sent_at = done
     delays = [seen[f"probe-{i}"] - at for i, at in enumerate(sent_at) if f"probe-{i}" in seen]
