@@ -158,6 +158,12 @@ SETTINGS: tuple[Setting, ...] = (
         300,
         "length of the live view's sliding window",
     ),
+    Setting(
+        "realtime.readers",
+        _int_at_least(1, 64),
+        2,
+        "processes that read and clean the live view's events, each a share of the partitions",
+    ),
     Setting("demo.duration", _positive_float, 120.0, "seconds `clickstream demo` runs"),
 )
 
@@ -184,6 +190,7 @@ class Settings:
     api_access_log: bool
     api_key: str | None
     realtime_window_seconds: int
+    realtime_readers: int
     demo_duration: float
     source: str = field(default="defaults", compare=False)
 

@@ -1,18 +1,26 @@
-"""The live view's Kafka source: the views topic straight into a `SlidingWindow`.
+"""The live view's Kafka source: the views topic, read by processes, into one `SlidingWindow`.
 
-It reads every partition itself (assigned, not subscribed: no consumer group, no commits),
-so any number of servers can each hold the whole window. On start it seeks to "now minus
-the window" by record timestamp, so a restart is right at once without waiting a window.
-The seek is only a shortcut: Tansu does not answer `offsets_for_times` exactly (the earliest
-offset, or one past recent records, which the record just before it exposes), and a record's
-timestamp need not match its event time, so the window's event-time rule is what decides.
-Records read before a partition first reaches its end (the backlog) that are older than the
-window are skipped, not counted as late: they were not late, they are history.
+Cleaning a view costs more than everything else the window does with it, and one interpreter
+cleans about 120,000 views a second: less than a producer at full speed sends. So reading is
+split by partition over `realtime.readers` processes. Each assigns its share of the
+partitions itself (assigned, not subscribed: no consumer group, no commits, so any number of
+servers can each hold the whole window), seeks, reads, cleans with the consumer's own rules
+(`clean_batch`) and sends this process only what the window needs; this process keeps the
+one window, maps products to categories and answers snapshots.
 
-Events are cleaned with the consumer's own rules (`clean_batch`); what it rejects is simply
-not shown (the ingest dead-letters it). Products are mapped to categories with the catalog
-in PostgreSQL, re-read every `CATALOG_REFRESH_SECONDS`; a view keeps the category it had on
-arrival, and a product missing from the catalog is shown as `NOT_IN_CATALOG`.
+On start the readers seek to "now minus the window" by record timestamp, so a restart is
+right at once without waiting a window. The seek is only a shortcut: Tansu does not answer
+`offsets_for_times` exactly (the earliest offset, or one past recent records, which the
+record just before it exposes), and a record's timestamp need not match its event time, so
+the window's event-time rule is what decides. Records read before a partition first reaches
+its end (the backlog) that are older than the window are skipped, not counted as late: they
+were not late, they are history.
+
+What cleaning rejects is simply not shown (the ingest dead-letters it). Products are mapped
+to categories with the catalog in PostgreSQL, re-read every `CATALOG_REFRESH_SECONDS`; a
+view keeps the category it had on arrival, and a product missing from the catalog is shown
+as `NOT_IN_CATALOG`. When a reader fails, all of them restart from a fresh seek into a fresh
+window, as on start.
 """
 
 from __future__ import annotations
@@ -20,11 +28,14 @@ from __future__ import annotations
 import calendar
 import contextlib
 import logging
+import marshal
+import multiprocessing
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 
 import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -34,7 +45,8 @@ from clickstream.errors import ClickstreamError
 from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.kafka.client import ensure_topics
 from clickstream.kafka.records import is_partition_eof, raw_event
-from clickstream.realtime.window import SlidingWindow, Snapshot, View
+from clickstream.process import tune_garbage_collector
+from clickstream.realtime.window import SlidingWindow, Snapshot
 
 __all__ = [
     "CATALOG_REFRESH_SECONDS",
@@ -107,7 +119,6 @@ class RealtimeSource:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._behind: set[int] = set()  # partitions that have not reached their end yet
         self._caught_up = threading.Event()
         self._connected = False
 
@@ -166,7 +177,7 @@ class RealtimeSource:
         self._catalog = dict(rows)
         return True
 
-    # -- Kafka --------------------------------------------------------------------------------
+    # -- the readers ----------------------------------------------------------------------------
 
     def _reader_loop(self) -> None:
         delay = 0.5
@@ -185,146 +196,256 @@ class RealtimeSource:
             self._stop.wait(delay)
             delay = min(delay * 2, 10.0)
 
-    def _consumer(self, bootstrap: str) -> Consumer:
-        return Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                # librdkafka wants a group id even for assigned partitions; nothing is committed.
-                "group.id": f"clickstream-realtime-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 50,
-                # "reached the end" events: how we know the backlog was read (Tansu's high
-                # watermarks lag behind, so comparing offsets with them would stop short).
-                "enable.partition.eof": True,
-            }
-        )
-
-    def _seek(self, consumer: Consumer) -> None:
-        """Assign every partition at "now minus the window"."""
-        metadata = consumer.list_topics(self.topic, timeout=10)
-        topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            raise ClickstreamError(f"topic {self.topic} has no partitions yet")
-        since = self._clock() - self.window.window_ms - SEEK_MARGIN_MS
-        wanted = [TopicPartition(self.topic, p, since) for p in sorted(topic.partitions)]
-        found = consumer.offsets_for_times(wanted, timeout=10)
-        marks = {
-            tp.partition: consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-            for tp in found
-        }
-        # -1: no record that recent, start at the end; clamp whatever else into the log.
-        offsets = {
-            tp.partition: min(
-                max(
-                    tp.offset if tp.offset >= 0 else marks[tp.partition][1], marks[tp.partition][0]
-                ),
-                marks[tp.partition][1],
-            )
-            for tp in found
-        }
-        for partition in self._unconfirmed(consumer, offsets, marks, since):
-            offsets[partition] = marks[partition][0]
-        self._behind = set(offsets)
-        consumer.assign([TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())])
-        log.info(
-            "live view reads %s from offsets %s",
-            self.topic,
-            ", ".join(f"{p}:{o}" for p, o in sorted(offsets.items())),
-        )
-
-    def _unconfirmed(
-        self, consumer: Consumer, offsets: dict[int, int], marks: dict, since: int
-    ) -> set[int]:
-        """Partitions whose answer is not confirmed by the record just before it.
-
-        A real Kafka answers exactly; Tansu answers an offset that can skip recent records.
-        The answer holds when the record before it is older than `since`; otherwise (or
-        when that record cannot be read) the partition is read from its first offset.
-        """
-        check = {p: o - 1 for p, o in offsets.items() if o > marks[p][0]}
-        if not check:
-            return set()
-        consumer.assign([TopicPartition(self.topic, p, o) for p, o in check.items()])
-        wrong: set[int] = set()
-        deadline = time.monotonic() + 10
-        try:
-            while check and time.monotonic() < deadline:
-                for message in consumer.consume(1000, timeout=0.2):
-                    partition = message.partition()
-                    if message.error() is not None or check.get(partition) != message.offset():
-                        continue
-                    del check[partition]
-                    if message.timestamp()[1] >= since:
-                        wrong.add(partition)
-        finally:
-            consumer.unassign()
-        if wrong:
-            log.info(
-                "the broker's offsets for a time skip recent records on partitions %s:"
-                " reading them from their first offset",
-                sorted(wrong),
-            )
-        return wrong | set(check)
-
     def _read(self) -> None:
+        """Run one generation of reader processes until stopped; raise when one fails."""
         from clickstream.services.embedded import bootstrap_servers
 
         bootstrap = self._bootstrap or bootstrap_servers(self.settings)
         ensure_topics(bootstrap, [self.topic], self.settings.kafka_partitions)
-        consumer = self._consumer(bootstrap)
+        partitions = _partitions(bootstrap, self.topic)
+        count = min(self.settings.realtime_readers, len(partitions))
+        with self._lock:
+            # A fresh window per generation: it is rebuilt from the seek, as on start.
+            self.window = SlidingWindow(self.window.window_ms)
+        self._caught_up.clear()
+        since = self._clock() - self.window.window_ms - SEEK_MARGIN_MS
+        context = multiprocessing.get_context("spawn")
+        stop = context.Event()
+        readers: list[tuple[multiprocessing.Process, Connection]] = []
         try:
-            with self._lock:
-                # A fresh window per (re)connection: it is rebuilt from the seek, as on start.
-                self.window = SlidingWindow(self.window.window_ms)
-            self._caught_up.clear()
-            self._seek(consumer)
-            self._connected = True
-            while not self._stop.is_set():
-                messages = consumer.consume(BATCH_SIZE, timeout=POLL_SECONDS)
-                if messages:
-                    self._take(messages)
+            for index in range(count):
+                receiver, sender = context.Pipe(duplex=False)
+                share = _Share(
+                    bootstrap,
+                    self.topic,
+                    tuple(partitions[index::count]),
+                    since,
+                    self.settings.ingest_max_event_bytes,
+                )
+                process = context.Process(
+                    target=_read_share,
+                    args=(share, sender, stop),
+                    name=f"clickstream-realtime-reader-{index}",
+                    daemon=True,
+                )
+                process.start()
+                sender.close()
+                readers.append((process, receiver))
+            self._follow([receiver for _, receiver in readers], len(partitions))
         finally:
-            with contextlib.suppress(KafkaException, RuntimeError):
-                consumer.close()
+            stop.set()
+            for process, receiver in readers:
+                process.join(5)
+                if process.is_alive():
+                    process.kill()
+                receiver.close()
 
-    def _take(self, messages: list) -> None:
-        kinds = {self.topic: Kind.VIEW}
-        behind = self._behind
-        live: list[RawEvent] = []
-        history: list[RawEvent] = []
-        for message in messages:
-            event = raw_event(message, kinds)
-            if event is None:
-                if is_partition_eof(message):
-                    behind.discard(message.partition())
-                continue
-            (history if event.partition in behind else live).append(event)
+    def _follow(self, receivers: list[Connection], partitions: int) -> None:
+        """Feed the window with what the readers send, until stopped."""
+        offsets: dict[int, int] = {}
+        behind = set(receivers)  # readers not caught up yet
+        while not self._stop.is_set():
+            for receiver in wait(receivers, timeout=POLL_SECONDS):
+                try:
+                    message = marshal.loads(receiver.recv_bytes())
+                except EOFError:
+                    raise ClickstreamError("a reader process stopped") from None
+                kind = message[0]
+                if kind == "views":
+                    _, live, history, received, caught_up = message
+                    self._take(live, history, received)
+                    if caught_up and receiver in behind:
+                        behind.discard(receiver)
+                        if not behind:
+                            self._caught_up.set()
+                            log.info(
+                                "live view caught up: %d events read since the start",
+                                self.received,
+                            )
+                elif kind == "assigned":
+                    offsets.update(message[1])
+                    if message[2]:
+                        log.info(
+                            "the broker's offsets for a time skip recent records on partitions"
+                            " %s: reading them from their first offset",
+                            message[2],
+                        )
+                    if len(offsets) == partitions:
+                        self._connected = True
+                        log.info(
+                            "live view reads %s from offsets %s (%d reader processes)",
+                            self.topic,
+                            ", ".join(f"{p}:{o}" for p, o in sorted(offsets.items())),
+                            len(receivers),
+                        )
+                else:
+                    raise ClickstreamError(message[1])
+
+    def _take(self, live: list, history: list, received: int) -> None:
+        """Place the readers' rows (messageid, userid, productid, source, at_ms)."""
+        category = self._catalog.get
         now = self._clock()
-        views = self._views(live)
+        views = [(m, u, category(p, NOT_IN_CATALOG), s, at) for m, u, p, s, at in live]
         if history:
             # Backlog older than the window is history the seek could not skip, not late.
             oldest = now - self.window.window_ms
-            views.extend(v for v in self._views(history) if v[4] > oldest)
+            views += [
+                (m, u, category(p, NOT_IN_CATALOG), s, at)
+                for m, u, p, s, at in history
+                if at > oldest
+            ]
         if views:
             with self._lock:
                 self.window.add(views, now)
-        self.received += len(live) + len(history)
-        if not behind and not self._caught_up.is_set():
-            self._caught_up.set()
-            log.info("live view caught up: %d events read since the start", self.received)
+        self.received += received
 
-    def _views(self, raw: list[RawEvent]) -> list[View]:
-        if not raw:
-            return []
-        rows = clean_batch(raw, max_event_bytes=self.settings.ingest_max_event_bytes).views
-        category = self._catalog.get
-        seconds = _seconds_cache.get
-        views = []
-        append = views.append
-        for messageid, userid, productid, source, at in rows:
-            second = seconds(at[:19])
-            at_ms = second * 1000 + int(at[20:23]) if second is not None else epoch_ms(at)
-            append((messageid, userid, category(productid, NOT_IN_CATALOG), source, at_ms))
-        return views
+
+# -- a reader process -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Share:
+    """What one reader process reads: its partitions, from `since_ms` on."""
+
+    bootstrap: str
+    topic: str
+    partitions: tuple[int, ...]
+    since_ms: int
+    max_event_bytes: int
+
+
+def _partitions(bootstrap: str, topic: str) -> list[int]:
+    consumer = _consumer(bootstrap)
+    try:
+        found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    finally:
+        consumer.close()
+    if found is None or found.error is not None or not found.partitions:
+        raise ClickstreamError(f"topic {topic} has no partitions yet")
+    return sorted(found.partitions)
+
+
+def _consumer(bootstrap: str) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            # librdkafka wants a group id even for assigned partitions; nothing is committed.
+            "group.id": f"clickstream-realtime-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 50,
+            # "reached the end" events: how we know the backlog was read (Tansu's high
+            # watermarks lag behind, so comparing offsets with them would stop short).
+            "enable.partition.eof": True,
+        }
+    )
+
+
+def _read_share(share: _Share, sender: Connection, stop) -> None:
+    """A reader process: seek, then send ("views", live, history, received, caught up) per
+    batch read; ("failed", why) ends it. It also ends when its parent is gone."""
+    tune_garbage_collector()
+    parent = multiprocessing.parent_process()
+    try:
+        consumer = _consumer(share.bootstrap)
+        try:
+            offsets, reread = _seek(consumer, share)
+            sender.send_bytes(marshal.dumps(("assigned", offsets, reread)))
+            behind = set(offsets)  # partitions that have not reached their end yet
+            kinds = {share.topic: Kind.VIEW}
+            while not stop.is_set() and (parent is None or parent.is_alive()):
+                messages = consumer.consume(BATCH_SIZE, timeout=POLL_SECONDS)
+                if not messages:
+                    continue
+                live: list[RawEvent] = []
+                history: list[RawEvent] = []
+                for message in messages:
+                    event = raw_event(message, kinds)
+                    if event is None:
+                        if is_partition_eof(message):
+                            behind.discard(message.partition())
+                        continue
+                    (history if event.partition in behind else live).append(event)
+                batch = (
+                    "views",
+                    _rows(live, share.max_event_bytes),
+                    _rows(history, share.max_event_bytes),
+                    len(live) + len(history),
+                    not behind,
+                )
+                sender.send_bytes(marshal.dumps(batch))
+        finally:
+            with contextlib.suppress(KafkaException, RuntimeError):
+                consumer.close()
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass  # the parent is gone or stopping: nobody to tell
+    except Exception as exc:  # sent to the parent, which logs it and restarts the readers
+        with contextlib.suppress(OSError):
+            sender.send_bytes(marshal.dumps(("failed", f"{type(exc).__name__}: {exc}")))
+
+
+def _rows(raw: list[RawEvent], max_event_bytes: int) -> list[tuple]:
+    if not raw:
+        return []
+    rows = clean_batch(raw, max_event_bytes=max_event_bytes).views
+    seconds = _seconds_cache.get
+    out = []
+    append = out.append
+    for messageid, userid, productid, source, at in rows:
+        second = seconds(at[:19])
+        at_ms = second * 1000 + int(at[20:23]) if second is not None else epoch_ms(at)
+        append((messageid, userid, productid, source, at_ms))
+    return out
+
+
+def _seek(consumer: Consumer, share: _Share) -> tuple[dict[int, int], list[int]]:
+    """Assign the share's partitions at `since_ms`; return the offsets, and the partitions
+    read from their first offset because the broker's answer could not be confirmed."""
+    wanted = [TopicPartition(share.topic, p, share.since_ms) for p in share.partitions]
+    found = consumer.offsets_for_times(wanted, timeout=10)
+    marks = {
+        tp.partition: consumer.get_watermark_offsets(tp, timeout=10, cached=False) for tp in found
+    }
+    # -1: no record that recent, start at the end; clamp whatever else into the log.
+    offsets = {
+        tp.partition: min(
+            max(tp.offset if tp.offset >= 0 else marks[tp.partition][1], marks[tp.partition][0]),
+            marks[tp.partition][1],
+        )
+        for tp in found
+    }
+    reread = sorted(_unconfirmed(consumer, share, offsets, marks))
+    for partition in reread:
+        offsets[partition] = marks[partition][0]
+    consumer.assign([TopicPartition(share.topic, p, o) for p, o in sorted(offsets.items())])
+    return offsets, reread
+
+
+def _unconfirmed(
+    consumer: Consumer, share: _Share, offsets: dict[int, int], marks: dict
+) -> set[int]:
+    """Partitions whose answer is not confirmed by the record just before it.
+
+    A real Kafka answers exactly; Tansu answers an offset that can skip recent records.
+    The answer holds when the record before it is older than `since_ms`; otherwise (or
+    when that record cannot be read) the partition is read from its first offset.
+    """
+    check = {p: o - 1 for p, o in offsets.items() if o > marks[p][0]}
+    if not check:
+        return set()
+    consumer.assign([TopicPartition(share.topic, p, o) for p, o in check.items()])
+    wrong: set[int] = set()
+    deadline = time.monotonic() + 10
+    try:
+        while check and time.monotonic() < deadline:
+            for message in consumer.consume(1000, timeout=0.2):
+                partition = message.partition()
+                if message.error() is not None or check.get(partition) != message.offset():
+                    continue
+                del check[partition]
+                if message.timestamp()[1] >= share.since_ms:
+                    wrong.add(partition)
+    finally:
+        consumer.unassign()
+    return wrong | set(check)

@@ -107,6 +107,10 @@ class SlidingWindow:
         self._messageids: set[str] = set()
         self._users: dict[str, int] = {}
         self._user_keys: dict[str, str] = {}  # sort keys, computed once per active user
+        # Users in natural order as of the last snapshot, kept while nobody joins or leaves:
+        # under steady traffic the same users stay active, and a snapshot needs no sort.
+        self._sorted_users: list[str] = []
+        self._users_changed = False
         self._categories: dict[str, int] = {}
         self._platforms: dict[str, int] = {}
         self._now_ms: int | None = None
@@ -152,6 +156,7 @@ class SlidingWindow:
             if seen is None:
                 users[userid] = 1
                 user_keys[userid] = natural_key(userid)
+                self._users_changed = True
             else:
                 users[userid] = seen + 1
             categories[category] = categories.get(category, 0) + 1
@@ -183,16 +188,20 @@ class SlidingWindow:
             else:
                 del users[userid]
                 del user_keys[userid]
+                self._users_changed = True
             _remove(categories, category)
             _remove(platforms, platform)
 
     def snapshot(self, now_ms: int) -> Snapshot:
         """The window as of `now_ms` (which expires what aged out by then)."""
         self.advance(now_ms)
+        if self._users_changed:
+            self._sorted_users = sorted(self._users, key=self._user_keys.__getitem__)
+            self._users_changed = False
         return Snapshot(
             as_of_ms=self._now_ms if self._now_ms is not None else now_ms,
             window_ms=self.window_ms,
-            users=sorted(self._users, key=self._user_keys.__getitem__),
+            users=list(self._sorted_users),
             categories=ranked(self._categories),
             platforms=ranked(self._platforms),
             views=len(self._messageids),
