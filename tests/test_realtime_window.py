@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -294,3 +296,35 @@ def test_memory_follows_the_events_inside_the_window():
     assert len(window) == 50
     assert len(window._buckets) == 50
     assert len(window._in_order) + len(window._out_of_order) == 50
+
+
+@pytest.mark.parametrize("views_per_step", [3, 300])
+def test_users_stay_in_natural_order_as_they_come_and_go(views_per_step):
+    """Between snapshots a few users (placed one by one) or many (sorted afresh) join and
+    leave, some more than once; each snapshot lists exactly the users in the window."""
+    rng = random.Random(views_per_step)
+    steps = [
+        [
+            (
+                f"m-{step}-{i}",
+                f"user-{rng.randrange(2_000)}",
+                "c",
+                "p",
+                step * 100 - rng.randrange(50),
+            )
+            for i in range(views_per_step)
+        ]
+        for step in range(40)
+    ]
+    window = SlidingWindow(1_000)
+    for step, views in enumerate(steps):
+        now = step * 100
+        window.add(views, now)
+        for ask in (now, now + 1):
+            expected = {
+                user
+                for seen in steps[: step + 1]
+                for _, user, _, _, at in seen
+                if ask - 1_000 < at <= ask
+            }
+            assert window.snapshot(ask).users == sorted(expected, key=natural_key)

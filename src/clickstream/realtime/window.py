@@ -28,6 +28,7 @@ Memory is proportional to the events inside the window.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import deque
 from collections.abc import Iterable
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_SKEW_MS = 5_000
+_REBUILD_AFTER = 256  # users who joined or left since the last snapshot
 
 
 def ranked(counts: dict[str, int]) -> list[tuple[str, int]]:
@@ -106,11 +108,13 @@ class SlidingWindow:
         self._out_of_order: list[int] = []
         self._messageids: set[str] = set()
         self._users: dict[str, int] = {}
-        self._user_keys: dict[str, str] = {}  # sort keys, computed once per active user
-        # Users in natural order as of the last snapshot, kept while nobody joins or leaves:
-        # under steady traffic the same users stay active, and a snapshot needs no sort.
-        self._sorted_users: list[str] = []
-        self._users_changed = False
+        self._user_keys: dict[str, tuple] = {}  # sort keys, computed once per active user
+        # The users' sort keys in natural order as of the last snapshot, and who joined or
+        # left since: a snapshot places the few newcomers instead of sorting everybody.
+        self._listed: list[tuple] = []
+        self._listed_ids: set[str] = set()
+        self._changed: list[str] = []
+        self._rebuild = False  # too many changed to place one by one: sort afresh
         self._categories: dict[str, int] = {}
         self._platforms: dict[str, int] = {}
         self._now_ms: int | None = None
@@ -156,12 +160,13 @@ class SlidingWindow:
             if seen is None:
                 users[userid] = 1
                 user_keys[userid] = natural_key(userid)
-                self._users_changed = True
+                self._changed.append(userid)
             else:
                 users[userid] = seen + 1
             categories[category] = categories.get(category, 0) + 1
             platforms[platform] = platforms.get(platform, 0) + 1
             accepted += 1
+        self._note_many_changes()
         return accepted
 
     def advance(self, now_ms: int) -> None:
@@ -175,6 +180,14 @@ class SlidingWindow:
             self._expire(in_order.popleft())
         while out_of_order and out_of_order[0] <= cutoff:
             self._expire(heapq.heappop(out_of_order))
+        self._note_many_changes()
+
+    def _note_many_changes(self) -> None:
+        """Forget who changed once a sort afresh is due anyway: no snapshot may come for
+        hours, and the list must not grow meanwhile."""
+        if len(self._changed) > _REBUILD_AFTER:
+            self._changed.clear()
+            self._rebuild = True
 
     def _expire(self, at: int) -> None:
         messageids = self._messageids
@@ -188,20 +201,17 @@ class SlidingWindow:
             else:
                 del users[userid]
                 del user_keys[userid]
-                self._users_changed = True
+                self._changed.append(userid)
             _remove(categories, category)
             _remove(platforms, platform)
 
     def snapshot(self, now_ms: int) -> Snapshot:
         """The window as of `now_ms` (which expires what aged out by then)."""
         self.advance(now_ms)
-        if self._users_changed:
-            self._sorted_users = sorted(self._users, key=self._user_keys.__getitem__)
-            self._users_changed = False
         return Snapshot(
             as_of_ms=self._now_ms if self._now_ms is not None else now_ms,
             window_ms=self.window_ms,
-            users=list(self._sorted_users),
+            users=self._users_in_order(),
             categories=ranked(self._categories),
             platforms=ranked(self._platforms),
             views=len(self._messageids),
@@ -209,3 +219,23 @@ class SlidingWindow:
             future=self.future,
             duplicates=self.duplicates,
         )
+
+    def _users_in_order(self) -> list[str]:
+        users, listed, listed_ids = self._users, self._listed, self._listed_ids
+        changed = dict.fromkeys(self._changed)  # each once, whatever they did since
+        self._changed.clear()
+        if self._rebuild or len(changed) > _REBUILD_AFTER:
+            # Placing each costs a shift of the list: past a few hundred, sort afresh.
+            self._listed = listed = sorted(self._user_keys.values())
+            self._listed_ids = set(users)
+            self._rebuild = False
+        else:
+            for user in changed:
+                present, was = user in users, user in listed_ids
+                if present and not was:
+                    bisect.insort(listed, self._user_keys[user])
+                    listed_ids.add(user)
+                elif was and not present:
+                    del listed[bisect.bisect_left(listed, natural_key(user))]
+                    listed_ids.discard(user)
+        return [key[-1] for key in listed]
