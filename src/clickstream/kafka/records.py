@@ -35,11 +35,15 @@ def raw_event(message: Message, kinds: Mapping[str, Kind]) -> RawEvent | None:
         return None
     topic = message.topic()
     _, timestamp = message.timestamp()
-    return RawEvent(
-        kinds[topic],
-        topic,
-        message.partition(),
-        message.offset(),
-        message.value(),
-        timestamp if timestamp > 0 else None,
+    # tuple.__new__: the named tuple's own constructor is a Python call, per record
+    return tuple.__new__(
+        RawEvent,
+        (
+            kinds[topic],
+            topic,
+            message.partition(),
+            message.offset(),
+            message.value(),
+            timestamp if timestamp > 0 else None,
+        ),
     )
