@@ -275,9 +275,10 @@ _PLAIN_VIEW = msgspec.json.Decoder(_PlainView)
 def _plain_view(raw: RawEvent, max_event_bytes: int, fallback: str) -> ViewRow | None:
     """The row of a plain view, decoded straight into its fields; None when it is not plain.
 
-    It costs about half of what the general rules do, and they decide anything unusual: an ASCII payload
-    with no field beyond the contract's can only give the same answer both ways (a decoder
-    that skips unknown fields would not check them as `orjson` does), and a test checks it.
+    It costs about half of what the general rules do, and they decide anything unusual: an
+    ASCII payload with no field beyond the contract's can only give the same answer both ways
+    (a decoder that skips unknown fields would not check them as `orjson` does), and a test
+    checks it.
     """
     value = raw.value
     if not value or len(value) > max_event_bytes or not value.isascii():
