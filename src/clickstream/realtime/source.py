@@ -98,7 +98,7 @@ class LiveState:
 
 
 class RealtimeSource:
-    """Feeds a window from Kafka on a background thread; `state()` reads it at any time."""
+    """Feeds one window from Kafka through reader processes; `state()` reads it at any time."""
 
     def __init__(
         self,

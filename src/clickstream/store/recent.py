@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import psycopg
 
-__all__ = ["RECENT_ENTRIES", "recently_viewed_many"]
+__all__ = ["FIRST_WINDOW", "RECENT_ENTRIES", "recently_viewed_many"]
 
-_FIRST_WINDOW = 2  # rows read per product asked for
+FIRST_WINDOW = 2  # rows read per product asked for
 _WIDEN = 4
 
 RECENT_ENTRIES = (
@@ -34,7 +34,7 @@ async def recently_viewed_many(
 ) -> list[list[str]]:
     """For each (user id, limit): distinct products, most recent first (ties: product id)."""
     answers: list[list[str]] = [[] for _ in lookups]
-    windows = {i: limit * _FIRST_WINDOW for i, (_, limit) in enumerate(lookups)}
+    windows = {i: limit * FIRST_WINDOW for i, (_, limit) in enumerate(lookups)}
     while windows:
         pending = list(windows)
         cur = await conn.execute(
