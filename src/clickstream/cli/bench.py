@@ -1,0 +1,120 @@
+"""`clickstream bench ...`: each benchmark prints its figures, the last line a summary."""
+
+from __future__ import annotations
+
+import argparse
+
+from clickstream.cli._common import command, group, positive_float, positive_int
+from clickstream.config import Settings
+
+
+def cmd_bench_api(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.bench.api import run_api_benchmark
+
+    run_api_benchmark(
+        settings,
+        views=args.views,
+        users=args.users,
+        seconds=args.seconds,
+        concurrency=args.concurrency,
+    )
+    return 0
+
+
+def cmd_bench_realtime(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.bench.realtime import run_realtime_benchmark
+
+    run_realtime_benchmark(settings, events=args.events, users=args.users, seed=args.seed)
+    return 0
+
+
+def cmd_bench_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.bench.ingest import run_ingest_benchmark
+
+    run_ingest_benchmark(settings, events=args.events, seed=args.seed, consumers=args.consumers)
+    return 0
+
+
+def cmd_bench_reports(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.bench.reports import run_reports_benchmark
+
+    run_reports_benchmark(settings, views=args.views, orders=args.orders, seed=args.seed)
+    return 0
+
+
+def register(sub) -> None:
+    sub = group(
+        sub,
+        "bench",
+        "run a benchmark and print its figures",
+        "Run a benchmark on scratch data and print its figures.",
+        metavar="BENCHMARK",
+        what="a benchmark",
+    )
+    p = command(
+        sub,
+        "ingest",
+        cmd_bench_ingest,
+        "raw COPY versus produce -> consume -> PostgreSQL",
+        "Measure, in one run and in a scratch database, (a) a raw COPY of cleaned view rows "
+        "into product_views and (b) the full path: produce at max speed, consume, store. The "
+        "last line gives (b) in events/s and ratio=b/a.",
+    )
+    p.add_argument("--events", type=positive_int, default=1_000_000, help="views (default 1000000)")
+    p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p.add_argument(
+        "--consumers",
+        type=positive_int,
+        default=2,
+        help="consumer processes in the group (default 2, one per core)",
+    )
+    p = command(
+        sub,
+        "realtime",
+        cmd_bench_realtime,
+        "send -> /api/realtime delay and the events/s the live window takes",
+        "On a fresh topic: produce views at max speed from another process while the server "
+        "runs, polling GET /api/realtime for probe events (p50, p95 of send -> shown); then "
+        "read the whole topic back into a fresh window. The last line gives the delays, the "
+        "window's events/s and ratio=window/producer events/s.",
+    )
+    p.add_argument("--events", type=positive_int, default=1_000_000, help="views (default 1000000)")
+    p.add_argument("--users", type=positive_int, default=10_000, help="users (default 10000)")
+    p.add_argument("--seed", type=int, default=5, help="random seed (default 5)")
+    p = command(
+        sub,
+        "api",
+        cmd_bench_api,
+        "recently-viewed requests/s and latency versus a trivial endpoint",
+        "Load views into a scratch database, start the server, drive GET "
+        "/api/users/{id}/recently-viewed and then GET /api/ping (no database) at a fixed "
+        "concurrency from a load generator pinned to its own core, and time the original "
+        "system's query (oldest first, no index) on the same data. The last line gives both "
+        "endpoints' requests/s, p50 and p99, and ratio=real/trivial.",
+    )
+    p.add_argument(
+        "--views", type=positive_int, default=10_000_000, help="stored views (default 10000000)"
+    )
+    p.add_argument("--users", type=positive_int, default=100_000, help="users (default 100000)")
+    p.add_argument(
+        "--seconds", type=positive_float, default=15.0, help="seconds per endpoint (default 15)"
+    )
+    p.add_argument(
+        "--concurrency", type=positive_int, default=64, help="requests in flight (default 64)"
+    )
+    p = command(
+        sub,
+        "reports",
+        cmd_bench_reports,
+        "hourly report from the ingest-time counters versus the raw events",
+        "Ingest, in a scratch database and through the consumer's writer, views and order "
+        "lines all inside one hour, then time that hour's report from the counters kept at "
+        "ingest and, in the same run, the straightforward query over the raw events (join to "
+        "the catalog, distinct users per product, rank per category); both must give the same "
+        "files. The last line gives both times and ratio=straightforward/report.",
+    )
+    p.add_argument("--views", type=positive_int, default=5_000_000, help="views (default 5000000)")
+    p.add_argument(
+        "--orders", type=positive_int, default=500_000, help="order lines (default 500000)"
+    )
+    p.add_argument("--seed", type=int, default=11, help="random seed (default 11)")

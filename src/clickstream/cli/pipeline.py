@@ -1,0 +1,173 @@
+"""`clickstream consume`, `serve`, `realtime`, `report` and `demo`: the running system."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from clickstream.cli._common import (
+    command,
+    hour_arg,
+    port_number,
+    positive_float,
+    positive_int,
+    stop_on_signals,
+)
+from clickstream.config import Settings
+
+log = logging.getLogger("clickstream")
+
+
+def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.ingest import Ingestor
+    from clickstream.services.embedded import bootstrap_servers
+
+    stop = stop_on_signals()
+    ingestor = Ingestor(settings, bootstrap_servers(settings), stop=stop)
+    stats = ingestor.run(until_idle=args.until_idle)
+    took = time.monotonic() - stats.started
+    print(
+        f"consumed {stats.consumed:,} events in {took:.1f}s: stored {stats.views:,} views and"
+        f" {stats.order_lines:,} order lines of {stats.orders:,} orders,"
+        f" {stats.dead_letters:,} dead letters, {stats.duplicates:,} duplicates skipped"
+    )
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.demo import run_demo
+
+    duration = args.duration if args.duration is not None else settings.demo_duration
+    return run_demo(settings, duration=duration, stop=stop_on_signals())
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.api.server import serve
+
+    host = args.host or settings.api_host
+    port = settings.api_port if args.port is None else args.port
+    workers = args.workers or settings.api_workers
+    log.info("serving on http://%s:%d (API docs at /docs), %d worker(s)", host, port, workers)
+    access_log = settings.api_access_log and not args.no_access_log
+    serve(settings, host=host, port=port, workers=workers, access_log=access_log)
+    return 0
+
+
+def cmd_realtime(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.realtime.terminal import run_terminal
+
+    run_terminal(settings, stop_on_signals(), once=args.once)
+    return 0
+
+
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from clickstream.reports import write_reports
+    from clickstream.reports.hours import last_complete_hour
+    from clickstream.reports.scheduler import run_every_hour
+
+    out = args.out or settings.reports_dir
+    if args.every_hour:
+        print(f"reporting every closed hour into {out}; Ctrl-C stops", file=sys.stderr)
+        run_every_hour(
+            settings, out, stop_on_signals(), on_report=lambda s: print(*s.lines(), sep="\n")
+        )
+        return 0
+    hour = None if args.all_time else args.hour or last_complete_hour(datetime.now(UTC))
+    print(*write_reports(settings, hour, out).lines(), sep="\n")
+    return 0
+
+
+def register(sub) -> None:
+    p = command(
+        sub,
+        "consume",
+        cmd_consume,
+        "clean both topics into PostgreSQL",
+        "Read the views and orders topics in one consumer group, clean the events, store them "
+        "with COPY (each messageid once), dead-letter bad events with a reason, and commit "
+        "offsets only after the rows are durable. Run several to share the partitions. "
+        "SIGTERM or Ctrl-C finishes the current batch and stops.",
+    )
+    p.add_argument(
+        "--until-idle",
+        type=positive_float,
+        metavar="SECONDS",
+        help="exit once no new event arrived for that long (drain and stop)",
+    )
+
+    p = command(
+        sub,
+        "report",
+        cmd_report,
+        "write the hourly category reports",
+        "Write category_viewed_H.csv, category_bought_H.csv and conversion_rates_H.csv for one "
+        "UTC hour H (default: the last complete hour), each file atomically; a rerun gives the "
+        "same bytes. Events of products missing from the catalog are left out and counted. "
+        "--every-hour keeps running: it writes each hour shortly after it closes, catches up "
+        "the hours it missed while stopped, and rewrites an hour that received late events.",
+    )
+    window = p.add_mutually_exclusive_group()
+    window.add_argument(
+        "--hour",
+        type=hour_arg,
+        metavar="YYYY-MM-DDTHH",
+        help="the UTC hour to report, e.g. 2026-11-24T13",
+    )
+    window.add_argument(
+        "--all-time", action="store_true", help="cover every stored event (file suffix 'all')"
+    )
+    window.add_argument(
+        "--every-hour", action="store_true", help="keep running and report every closed hour"
+    )
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", help="folder to write into (default: reports_dir)"
+    )
+
+    p = command(
+        sub,
+        "demo",
+        cmd_demo,
+        "run everything at once on embedded services with generated data",
+        "Start the embedded services, generate data, load the catalog, produce and consume "
+        "events and show them arriving in PostgreSQL.",
+    )
+    p.add_argument(
+        "--duration",
+        type=positive_float,
+        metavar="SECONDS",
+        help="how long to run (default: demo.duration, $CLICKSTREAM_DEMO_DURATION, 120)",
+    )
+
+    p = command(
+        sub,
+        "serve",
+        cmd_serve,
+        "serve the recommendation API and the dashboard",
+        "Serve the HTTP API (OpenAPI docs at /docs) with uvicorn. SIGTERM or Ctrl-C lets the "
+        "requests in flight finish, then stops. With CLICKSTREAM_API_KEY set, every /api/ "
+        "request needs the key in the X-API-Key header.",
+    )
+    p.add_argument("--host", help="address to listen on (default: api.host, 127.0.0.1)")
+    p.add_argument("--port", type=port_number, help="port to listen on (default: api.port, 8000)")
+    p.add_argument(
+        "--workers", type=positive_int, help="worker processes (default: api.workers, 1)"
+    )
+    p.add_argument(
+        "--no-access-log", action="store_true", help="do not log every request (api.access_log)"
+    )
+
+    p = command(
+        sub,
+        "realtime",
+        cmd_realtime,
+        "the live 5-minute view in the terminal",
+        "Read the views topic straight from Kafka (as the dashboard's server does) and show "
+        "active users, views per category and views per platform over the last "
+        "realtime.window_seconds, redrawn every second. Ctrl-C exits.",
+    )
+    p.add_argument("--once", action="store_true", help="print the view once, then exit")
