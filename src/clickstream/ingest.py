@@ -27,6 +27,7 @@ from clickstream.config import Settings
 from clickstream.errors import Unavailable
 from clickstream.events import CleanBatch, Kind, RawEvent, Reason, Reject, clean_batch
 from clickstream.kafka.client import consumer_config, ensure_topics
+from clickstream.kafka.lag import PartitionLag, consumer_lag, describe
 from clickstream.kafka.records import raw_event
 from clickstream.store.db import connect, is_outage
 from clickstream.store.writer import WriteResult, write_batch
@@ -34,6 +35,9 @@ from clickstream.store.writer import WriteResult, write_batch
 __all__ = ["IngestStats", "Ingestor"]
 
 log = logging.getLogger("clickstream.consume")
+
+# What the consumer's database sessions are called in pg_stat_activity.
+APPLICATION_NAME = "clickstream consume"
 
 
 @dataclass
@@ -72,7 +76,9 @@ class Ingestor:
         self.bootstrap = bootstrap
         self.stop = stop or threading.Event()
         self.stats = IngestStats()
-        self._connect_db = connect_db or (lambda: connect(settings))
+        self._connect_db = connect_db or (
+            lambda: connect(settings, application_name=APPLICATION_NAME)
+        )
         self._conn: psycopg.Connection | None = None
         self._kinds = {
             settings.kafka_views_topic: Kind.VIEW,
@@ -84,21 +90,36 @@ class Ingestor:
         self._consumer: Consumer | None = None
         self._last_activity = time.monotonic()
         self._assigned = False
+        # True from the start until the group assigns partitions, and again from a revoke
+        # to the next assignment: the member's share is undecided meanwhile.
+        self._rebalancing = True
+        self._next_drain_check = 0.0
+        self._not_drained = ""
 
     @property
     def assigned(self) -> bool:
         """True once the group gave this member partitions (joining takes seconds)."""
         return self._assigned
 
+    def lag(self) -> list[PartitionLag]:
+        """Records not consumed yet on each partition this member owns (see kafka/lag.py).
+
+        Empty when it owns none. Raises KafkaException when the broker cannot answer.
+        """
+        consumer = self._consumer
+        return [] if consumer is None else consumer_lag(consumer)
+
     # -- Kafka side ---------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = True
+        self._rebalancing = False
         self._last_activity = time.monotonic()
         log.info("assigned %s", _describe(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Finish and commit the batch in flight while we still own its partitions.
+        self._rebalancing = True
         self._finish_pending()
         log.info("revoked %s", _describe(partitions))
 
@@ -238,12 +259,8 @@ class Ingestor:
                     last_logged = self._log_progress(last_logged)
                     next_log = now + settings.ingest_log_every_seconds
                 idle_for = now - self._last_activity
-                drained = (
-                    until_idle is not None and idle_for >= until_idle and self._pending is None
-                )
-                # Joining the group takes seconds; idle time only counts once we own partitions.
-                if drained and (self._assigned or idle_for >= max(until_idle, 30)):
-                    log.info("no new event for %.1fs: drained, stopping", idle_for)
+                if until_idle is not None and idle_for >= until_idle and self._drained():
+                    log.info("no new event for %.1fs and lag 0: drained, stopping", idle_for)
                     break
             self._finish_pending()
         finally:
@@ -278,23 +295,40 @@ class Ingestor:
         return self.stats.consumed, now
 
     def _lag(self) -> str:
-        """Events on the broker not yet consumed, per topic."""
-        consumer = self._consumer
-        if consumer is None:
-            return "unknown"
+        """Events on the broker not yet consumed, per topic, for the progress line."""
         try:
-            assignment = consumer.assignment()
-            if not assignment:
-                return "none (no partitions assigned)"
-            positions = consumer.position(assignment)
-            per_topic: dict[str, int] = {}
-            for tp in positions:
-                _, high = consumer.get_watermark_offsets(tp, timeout=2, cached=False)
-                done = tp.offset if tp.offset >= 0 else 0
-                per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(high - done, 0)
+            return describe(self.lag())
         except KafkaException as exc:
             return f"unknown ({exc.args[0]})"
-        return ", ".join(f"{topic} {count}" for topic, count in sorted(per_topic.items()))
+
+    def _drained(self) -> bool:
+        """True when nothing is in flight and the partitions this member owns have lag 0.
+
+        Never in the middle of a rebalance: with no partitions, or between a revoke and the
+        next assignment, the member's share is not known, so it cannot be drained. The lag
+        asks the group coordinator, so it is checked at most once a second.
+        """
+        if self._pending is not None:
+            return False
+        now = time.monotonic()
+        if now < self._next_drain_check:
+            return False
+        self._next_drain_check = now + 1.0
+        lags: list[PartitionLag] = []
+        if self._rebalancing:
+            why = "a rebalance is in progress"
+        else:
+            try:
+                lags = self.lag()
+                why = "" if lags else "no partitions are assigned to it"
+            except KafkaException as exc:
+                why = f"its lag is unknown ({exc.args[0]})"
+        if not why and any(lag != 0 for *_, lag in lags):
+            why = f"lag {describe(lags)}"
+        if why and why != self._not_drained:
+            log.info("idle but not drained: %s", why)
+        self._not_drained = why
+        return not why
 
 
 def _describe(partitions: list[TopicPartition]) -> str:
