@@ -6,6 +6,10 @@ PostgreSQL database on the session's server, so tests cannot see each other's ro
 `CLICKSTREAM_DATABASE_URL`, when set for the test run, names an external PostgreSQL server:
 the tests marked `external_pg` run against it (in a fresh database each), everything else
 keeps using the embedded one.
+
+A test that needs something outside the project (a browser, Airflow, an external
+PostgreSQL) skips, saying what is missing, on a developer's machine; in CI (`CI=true`) the
+same absence fails it, so a missing dependency cannot pass as a quiet skip.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import psycopg
 import pytest
@@ -31,8 +36,16 @@ from clickstream.kafka.producer import produce_lines
 from clickstream.services import embedded
 
 EXTERNAL_PG_URL = os.environ.pop("CLICKSTREAM_DATABASE_URL", None)
+IN_CI = os.environ.get("CI", "").strip().lower() in {"true", "1"}
 for _name in [n for n in os.environ if n.startswith("CLICKSTREAM_")]:
     del os.environ[_name]
+
+
+def missing_dependency(what: str) -> NoReturn:
+    """Skip the test because `what` is missing here; in CI (CI=true), fail it instead."""
+    if IN_CI:
+        pytest.fail(f"{what}, and CI=true: CI must provide it", pytrace=False)
+    pytest.skip(what)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -145,9 +158,17 @@ def pipeline(services) -> Iterator[Pipeline]:
 def external_pipeline(services) -> Iterator[Pipeline]:
     """The same on the external PostgreSQL server named by CLICKSTREAM_DATABASE_URL."""
     if not EXTERNAL_PG_URL:
-        pytest.skip("CLICKSTREAM_DATABASE_URL is not set: no external PostgreSQL server to test")
+        missing_dependency("CLICKSTREAM_DATABASE_URL is not set: no external PostgreSQL server")
     for url in fresh_database(EXTERNAL_PG_URL):
         yield _pipeline(services, url)
 
 
-__all__ = ["EXTERNAL_PG_URL", "Kind", "Pipeline", "run_cli", "settings_env"]
+__all__ = [
+    "EXTERNAL_PG_URL",
+    "IN_CI",
+    "Kind",
+    "Pipeline",
+    "missing_dependency",
+    "run_cli",
+    "settings_env",
+]

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from conftest import missing_dependency
 
 from clickstream.api.server import run_in_background
 from clickstream.store.catalog import upsert_products
@@ -21,9 +22,11 @@ from clickstream.store.db import connect
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
-)
+
+@pytest.fixture(autouse=True)
+def _chromium() -> None:
+    if CHROMIUM is None:
+        missing_dependency("Debian's chromium is not installed (.ci/run installs it)")
 
 
 def lines(*views: tuple[str, str, str]) -> list[bytes]:

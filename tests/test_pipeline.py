@@ -29,9 +29,7 @@ def test_every_valid_event_stored_once_every_invalid_one_dead_lettered(request, 
 
     views, lines = _expected(dataset)
     assert stats.views == len(views)
-    assert p.query("SELECT count(*), count(DISTINCT messageid) FROM product_views") == [
-        (len(views), len(views))
-    ]
+    assert {m for (m,) in p.query("SELECT messageid FROM product_views")} == views
     assert p.query("SELECT count(*) FROM order_lines") == [(lines,)]
     reasons = sorted(r for (r,) in p.query("SELECT reason FROM dead_letters"))
     assert reasons == [

@@ -13,7 +13,7 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
+from conftest import missing_dependency
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_FOLDER = ROOT / "deploy" / "airflow"
@@ -86,7 +86,7 @@ def _airflow_python() -> Path | None:
 def test_airflow_loads_the_dag_and_reports_the_closed_hour(tmp_path):
     python = _airflow_python()
     if python is None:
-        pytest.skip("no Airflow environment (.airflow-venv): `make test` builds it")
+        missing_dependency("no Airflow environment (.airflow-venv): `make test` builds it")
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     result = subprocess.run(
         [str(python), "-c", _LOAD, str(DAG_FOLDER)],
