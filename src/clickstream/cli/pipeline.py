@@ -97,7 +97,8 @@ def register(sub) -> None:
         "--until-idle",
         type=positive_float,
         metavar="SECONDS",
-        help="exit once no new event arrived for that long (drain and stop)",
+        help="exit once no new event arrived for that long and the partitions this member "
+        "owns have lag 0; never in the middle of a rebalance (drain and stop)",
     )
 
     p = command(
