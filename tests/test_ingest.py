@@ -360,9 +360,12 @@ def kill_mid_batch(
     time.sleep(rng.uniform(0, 0.3))
     xid = None
     checked = time.monotonic()
+    deadline = checked + 120
     while xid is None:
         if consumer.process.poll() is not None:
             raise AssertionError(f"the consumer exited:\n{consumer.output()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no batch in flight nor all committed:\n{consumer.output()}")
         xid = consumer_in_flight(p)
         if xid is None and time.monotonic() - checked > 0.5:
             if committed(p) == produced:
