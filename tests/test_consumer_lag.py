@@ -135,3 +135,36 @@ def test_a_consumer_restarted_on_committed_partitions_drains_on_lag_zero(pipelin
         thread.join(30)
     assert "lag 0: drained, stopping" in caplog.text, caplog.text
     assert stats[0].consumed == 0
+
+
+def test_a_member_the_group_gives_no_partition_stops_after_waiting_for_a_share(
+    pipeline, caplog, monkeypatch
+):
+    """Three members, two partitions in all: one is spare, and still drains and stops."""
+    import dataclasses
+
+    from clickstream import ingest
+    from clickstream.kafka.client import ensure_topics
+
+    monkeypatch.setattr(ingest, "SPARE_MEMBER_SECONDS", 3.0)
+    settings = dataclasses.replace(
+        pipeline.settings,
+        kafka_views_topic=pipeline.settings.kafka_views_topic + "-one",
+        kafka_orders_topic=pipeline.settings.kafka_orders_topic + "-one",
+        kafka_partitions=1,
+    )
+    ensure_topics(pipeline.bootstrap, list(settings.topics), 1)
+    ingestors = [Ingestor(settings, pipeline.bootstrap) for _ in range(3)]
+    stats: list = []
+    threads = [
+        threading.Thread(target=lambda i=i: stats.append(i.run(until_idle=0.5))) for i in ingestors
+    ]
+    with caplog.at_level("INFO", logger="clickstream.consume"):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        for ingestor in ingestors:
+            ingestor.stop.set()
+    assert not any(thread.is_alive() for thread in threads)
+    assert caplog.text.count("drained, stopping") == 3, caplog.text

@@ -36,6 +36,9 @@ __all__ = ["IngestStats", "Ingestor"]
 
 log = logging.getLogger("clickstream.consume")
 
+# How long a member with an empty assignment waits for a share before `--until-idle` stops it.
+SPARE_MEMBER_SECONDS = 30.0
+
 # What the consumer's database sessions are called in pg_stat_activity.
 APPLICATION_NAME = "clickstream consume"
 
@@ -304,9 +307,12 @@ class Ingestor:
     def _drained(self) -> bool:
         """True when nothing is in flight and the partitions this member owns have lag 0.
 
-        Never in the middle of a rebalance: with no partitions, or between a revoke and the
-        next assignment, the member's share is not known, so it cannot be drained. The lag
-        asks the group coordinator, so it is checked at most once a second.
+        Never in the middle of a rebalance: between a revoke and the next assignment the
+        member's share is not known, so it cannot be drained. A member the group gave no
+        partition waits SPARE_MEMBER_SECONDS for a share (Tansu can hand a dead member's
+        partitions around late), then counts as drained: with more members than partitions it
+        would otherwise never stop. The lag asks the group coordinator, so it is checked at
+        most once a second.
         """
         if self._pending is not None:
             return False
@@ -320,7 +326,8 @@ class Ingestor:
         else:
             try:
                 lags = self.lag()
-                why = "" if lags else "no partitions are assigned to it"
+                spare = now - self._last_activity >= SPARE_MEMBER_SECONDS
+                why = "" if lags or spare else "no partitions are assigned to it (yet)"
             except KafkaException as exc:
                 why = f"its lag is unknown ({exc.args[0]})"
         if not why and any(lag != 0 for *_, lag in lags):
