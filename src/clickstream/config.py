@@ -68,6 +68,18 @@ def _positive_float(value: Any) -> float:
     return number
 
 
+def _share(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not 0 <= number <= 1:
+        raise ValueError("expected a share from 0 to 1, e.g. 0.01 for 1 %")
+    return number
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -142,6 +154,13 @@ SETTINGS: tuple[Setting, ...] = (
         "longest pause between retries while the database or broker is unreachable",
     ),
     Setting(
+        "ingest.max_rejected_share",
+        _share,
+        0.01,
+        "largest share of a batch the database may refuse as bad events (at least one event);"
+        " beyond it the refusal is a fault and the batch is retried",
+    ),
+    Setting(
         "ingest.log_every_seconds",
         _positive_float,
         10.0,
@@ -183,6 +202,7 @@ class Settings:
     ingest_batch_wait_ms: int
     ingest_max_event_bytes: int
     ingest_retry_max_seconds: float
+    ingest_max_rejected_share: float
     ingest_log_every_seconds: float
     api_host: str
     api_port: int

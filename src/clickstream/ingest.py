@@ -5,9 +5,11 @@ then commit the batch's offsets. A crash anywhere before the commit only means t
 read again, and the writer's ON CONFLICT makes that a no-op. The write of one batch
 overlaps with reading and cleaning the next, on a single writer thread.
 
-Errors are sorted in one place, `_write_with_retry`: an outage (database unreachable, disk
-full) is retried with backoff and never dead-lettered; a batch the database refuses for its
-content is split so that only the offending event is dead-lettered.
+Errors follow one policy (store/faults.py, README "Error policy"): a fault of the database
+(unreachable, permission, schema, read-only, timeout, disk full...) is retried with capped
+backoff and never dead-lettered; a batch the database refuses for its content (SQLSTATE class
+22 or 23) is split so that only the offending events are dead-lettered, unless they are more
+than `ingest.max_rejected_share` of it, which is a fault again.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clickstream.config import Settings
-from clickstream.errors import Unavailable
+from clickstream.errors import RejectedByDatabase, SystematicRefusal, Unavailable
 from clickstream.events import CleanBatch, Kind, RawEvent, Reason, Reject, clean_batch
 from clickstream.kafka.client import consumer_config, ensure_topics
 from clickstream.kafka.lag import PartitionLag, consumer_lag, describe
 from clickstream.kafka.records import raw_event
-from clickstream.store.db import connect, is_outage
+from clickstream.retry import retrying
+from clickstream.store.db import connect
+from clickstream.store.faults import database_errors
 from clickstream.store.writer import WriteResult, write_batch
 
 __all__ = ["IngestStats", "Ingestor"]
@@ -41,6 +45,32 @@ SPARE_MEMBER_SECONDS = 30.0
 
 # What the consumer's database sessions are called in pg_stat_activity.
 APPLICATION_NAME = "clickstream consume"
+
+# What the consumer's role needs on the event tables, named in a permission error's remedy.
+_PRIVILEGES = "INSERT, SELECT"
+
+
+@dataclass
+class _Refusals:
+    """Events the database refused while a batch was searched, up to a budget.
+
+    More refusals than the budget (ingest.max_rejected_share of the batch) are not bad
+    events but a fault of the database, e.g. a constraint or trigger refusing valid events.
+    """
+
+    budget: int
+    found: list[tuple[RawEvent, RejectedByDatabase]] = field(default_factory=list)
+
+    def add(self, event: RawEvent, refused: RejectedByDatabase) -> None:
+        self.found.append((event, refused))
+        if len(self.found) > self.budget:
+            raise SystematicRefusal(
+                f"the database refused more than {self.budget} events of one batch, the last"
+                f" one with: {refused.detail}",
+                "more than ingest.max_rejected_share are not bad events but a fault: look for"
+                " a recent constraint, trigger or column change; the batch is retried whole",
+                refused.sqlstate,
+            )
 
 
 @dataclass
@@ -156,59 +186,85 @@ class Ingestor:
     # -- PostgreSQL side ----------------------------------------------------------------------
 
     def _write_with_retry(self, raw: list[RawEvent], batch: CleanBatch) -> None:
-        delay = 0.2
-        while True:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = self._connect_db()
-                written = self._write(raw, batch)
-                self.stats.add(batch, written)
-                return
-            except (Unavailable, psycopg.Error) as exc:
-                if isinstance(exc, psycopg.Error) and not is_outage(exc):
+        """Write the batch, retrying every fault (store/faults.py) until it is written."""
+        settings = self.settings
+        for attempt in retrying(
+            log, "nothing committed", max_wait=settings.ingest_retry_max_seconds, stop=self.stop
+        ):
+            with attempt:
+                try:
+                    if self._conn is None or self._conn.closed:
+                        self._conn = self._connect_db()
+                    written = self._write(raw, batch)
+                except Unavailable:
+                    # A fresh connection on the next try: after a failover or a terminated
+                    # backend, only a new session sees the server as it is now.
+                    self.stats.retries += 1
+                    self._drop_connection()
                     raise
-                self.stats.retries += 1
-                self._drop_connection()
-                log.warning(
-                    "database unavailable (%s); retrying in %.1fs, nothing is committed meanwhile",
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                    delay,
-                )
-                if self.stop.wait(delay):
-                    raise Unavailable("stopped while the database was unavailable") from exc
-                delay = min(delay * 2, self.settings.ingest_retry_max_seconds)
+        self.stats.add(batch, written)
 
     def _write(self, raw: list[RawEvent], batch: CleanBatch) -> WriteResult:
-        assert self._conn is not None
+        """Write the batch; if the database refuses its content, find the events it refuses.
+
+        The search splits the batch in halves down to single events, all in one transaction
+        (each part a savepoint), so a search that ends in `SystematicRefusal` leaves nothing
+        behind, not even the dead letters it found on the way.
+        """
+        conn = self._conn
+        assert conn is not None
         try:
-            return write_batch(self._conn, batch)
-        except psycopg.Error as exc:
-            if is_outage(exc) or len(raw) == 0:
-                raise
-            if len(raw) == 1:
-                # Cleaning let through something the database refuses: dead-letter it.
-                reason = f"{Reason.REJECTED_BY_DATABASE}: {str(exc).strip().splitlines()[0]}"
-                event = raw[0]
-                rejected = CleanBatch(
-                    rejects=[
-                        Reject(
-                            event.topic, event.partition, event.offset, event.value or b"", reason
-                        )
-                    ]
-                )
-                log.error(
-                    "offset %s of %s[%s]: %s", event.offset, event.topic, event.partition, reason
-                )
-                return write_batch(self._conn, rejected)
+            with self._errors(writing_events=True):
+                return write_batch(conn, batch)
+        except RejectedByDatabase:
+            pass
+        share = self.settings.ingest_max_rejected_share
+        search = _Refusals(budget=max(int(share * len(raw)), 1 if share > 0 else 0))
+        with self._errors(), conn.transaction():
             half = len(raw) // 2
-            first = self._write(raw[:half], self._clean(raw[:half]))
-            second = self._write(raw[half:], self._clean(raw[half:]))
-            return WriteResult(
-                first.views + second.views,
-                first.order_lines + second.order_lines,
-                first.dead_letters + second.dead_letters,
-                first.duplicates + second.duplicates,
+            parts = [self._split(raw[:half], search), self._split(raw[half:], search)]
+            for event, refused in search.found:
+                parts.append(self._dead_letter_refused(event, refused))
+        if search.found:
+            log.warning(
+                "the database refused %d of %d events of a batch (at most %d allowed by"
+                " ingest.max_rejected_share): dead-lettered them",
+                len(search.found),
+                len(raw),
+                search.budget,
             )
+        return WriteResult(*(sum(column) for column in zip(*parts, strict=True)))
+
+    def _split(self, raw: list[RawEvent], search: _Refusals) -> WriteResult:
+        """Write part of a refused batch; recurse into halves while the database refuses."""
+        assert self._conn is not None
+        if not raw:
+            return WriteResult(0, 0, 0, 0)
+        try:
+            with self._errors(writing_events=True):
+                return write_batch(self._conn, self._clean(raw))
+        except RejectedByDatabase as refused:
+            if len(raw) == 1:
+                search.add(raw[0], refused)
+                return WriteResult(0, 0, 0, 0)
+        half = len(raw) // 2
+        first, second = self._split(raw[:half], search), self._split(raw[half:], search)
+        return WriteResult(*(a + b for a, b in zip(first, second, strict=True)))
+
+    def _dead_letter_refused(self, event: RawEvent, refused: RejectedByDatabase) -> WriteResult:
+        """Cleaning let through something the database refuses: dead-letter that event."""
+        assert self._conn is not None
+        reason = f"{Reason.REJECTED_BY_DATABASE}: {refused.detail}"
+        payload = event.value or b""
+        reject = Reject(event.topic, event.partition, event.offset, payload, reason)
+        log.error("offset %s of %s[%s]: %s", event.offset, event.topic, event.partition, reason)
+        with self._errors():
+            return write_batch(self._conn, CleanBatch(rejects=[reject]))
+
+    def _errors(self, writing_events: bool = False):
+        """The error policy's translation for this consumer's connection."""
+        role = self._conn.info.user if self._conn is not None else None
+        return database_errors(role=role, privileges=_PRIVILEGES, writing_events=writing_events)
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

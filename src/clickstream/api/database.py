@@ -2,7 +2,8 @@
 
 Opening lazily lets the server start, and `/healthz` answer 503, while the database is down;
 the first request after it comes back opens the pool and brings the schema up to date.
-Driver and pool errors leave this module as `Unavailable`, which the app answers with 503.
+Driver and pool errors leave this module translated by the error policy (store/faults.py):
+every one is a fault the app answers with 503, a reason and Retry-After, never a 500.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError, Unavailable
-from clickstream.store.db import is_outage
+from clickstream.store.faults import classify
 
 __all__ = ["Database"]
 
@@ -50,10 +51,10 @@ class Database:
             if self._pool is None:
                 try:
                     url = await asyncio.to_thread(_prepare_schema, self.settings)
+                except Unavailable:
+                    raise
                 except ClickstreamError as exc:
                     raise Unavailable(str(exc)) from exc
-                except psycopg.Error as exc:
-                    raise Unavailable(f"the database refused the schema: {exc}") from exc
                 pool = AsyncConnectionPool(
                     url,
                     min_size=POOL_MIN,
@@ -79,9 +80,7 @@ class Database:
         try:
             yield conn
         except psycopg.Error as exc:
-            if not is_outage(exc):
-                raise
-            raise Unavailable(f"the database connection failed: {str(exc).strip()}") from exc
+            raise classify(exc, role=conn.info.user) from exc
         finally:
             await pool.putconn(conn)
 

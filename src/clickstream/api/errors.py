@@ -1,8 +1,9 @@
 """Every error the API returns is JSON with a one-line message: never HTML, never a traceback.
 
 A request the API cannot accept is a 422 that names the parameter and what is wrong with
-it; an outage of the database is a 503; anything unexpected is a 500 with no details, its
-traceback logged on the server only.
+it; a fault of the database or the broker (store/faults.py) is a 503 with a short reason
+and Retry-After, its cause and remedy logged on the server; anything unexpected is a 500
+with no details, its traceback logged on the server only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from clickstream.errors import Unavailable
+from clickstream.errors import DatabaseFault, Unavailable
 
 __all__ = ["ErrorBody", "InvalidRequest", "Problem", "error_response", "install_error_handlers"]
 
@@ -89,8 +90,10 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 async def _unavailable(request: Request, exc: Unavailable) -> Response:
+    """503 with a reason for the client; the cause and the remedy go to the server log."""
     log.warning("%s %s: %s", request.method, request.url.path, exc)
-    return error_response(503, str(exc), headers={"Retry-After": "1"})
+    reason = exc.summary if isinstance(exc, DatabaseFault) else str(exc)
+    return error_response(503, reason, headers={"Retry-After": str(exc.retry_after)})
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

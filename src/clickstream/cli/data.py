@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from clickstream.cli._common import (
     stop_on_signals,
 )
 from clickstream.config import Settings
+
+log = logging.getLogger("clickstream.catalog")
 
 
 def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
@@ -42,12 +45,24 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_catalog_load(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.catalog import read_catalog
+    from clickstream.retry import ONE_SHOT_ATTEMPTS, retrying
     from clickstream.store.catalog import upsert_products
     from clickstream.store.db import connect
+    from clickstream.store.faults import database_errors
 
     rows = read_catalog(args.file)
-    with connect(settings) as conn:
-        changed = upsert_products(conn, rows)
+    for attempt in retrying(
+        log,
+        "nothing loaded yet",
+        max_wait=settings.ingest_retry_max_seconds,
+        attempts=ONE_SHOT_ATTEMPTS,
+    ):
+        with (
+            attempt,
+            connect(settings) as conn,
+            database_errors(role=conn.info.user, privileges="SELECT, INSERT, UPDATE"),
+        ):
+            changed = upsert_products(conn, rows)
     print(f"loaded {len(rows):,} products from {args.file} ({changed:,} new or changed)")
     return 0
 

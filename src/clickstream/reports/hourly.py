@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -13,9 +14,13 @@ from clickstream.reports.files import write_atomically
 from clickstream.reports.hours import FILE_KINDS, file_names
 from clickstream.reports.queries import hour_counts, hour_totals, raw_counts
 from clickstream.reports.ranking import Counts, render
+from clickstream.retry import ONE_SHOT_ATTEMPTS, retrying
 from clickstream.store.db import connect
+from clickstream.store.faults import database_errors
 
 __all__ = ["ReportSummary", "read_counts", "write_counts", "write_reports", "write_window"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,20 @@ def write_window(conn: psycopg.Connection, hour: datetime | None, out_dir: Path)
 
 
 def write_reports(settings: Settings, hour: datetime | None, out_dir: Path) -> ReportSummary:
-    """Write the reports of one UTC hour (None: all time) into `out_dir`."""
-    with connect(settings, autocommit=True) as conn:
-        return write_window(conn, hour, out_dir)
+    """Write the reports of one UTC hour (None: all time) into `out_dir`.
+
+    A database fault is retried a few times, then raised with its cause and remedy.
+    """
+    for attempt in retrying(
+        log,
+        "no report written yet",
+        max_wait=settings.ingest_retry_max_seconds,
+        attempts=ONE_SHOT_ATTEMPTS,
+    ):
+        with (
+            attempt,
+            connect(settings, autocommit=True) as conn,
+            database_errors(role=conn.info.user),
+        ):
+            return write_window(conn, hour, out_dir)
+    raise AssertionError("unreachable: retrying returns or raises")

@@ -31,7 +31,8 @@ from clickstream.errors import ClickstreamError, Unavailable
 from clickstream.reports.hourly import ReportSummary, read_counts, write_counts
 from clickstream.reports.hours import HOUR, hours_between, last_complete_hour, suffix
 from clickstream.reports.queries import hour_totals
-from clickstream.store.db import connect, is_outage
+from clickstream.store.db import connect
+from clickstream.store.faults import database_errors
 
 __all__ = ["LATE_WINDOW", "REPORT_DELAY", "due_hours", "report_pass", "run_every_hour"]
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 REPORT_DELAY = timedelta(minutes=2)
 LATE_WINDOW = timedelta(hours=24)
 _LOCK_ID = 0x636C6B72  # "clkr"
+_PRIVILEGES = "SELECT (and INSERT, UPDATE if it is report_runs)"
 
 
 def due_hours(last_reported: datetime | None, now: datetime, delay: timedelta) -> list[datetime]:
@@ -107,21 +109,22 @@ def run_every_hour(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     on_report: Callable[[ReportSummary], None] = lambda summary: None,
 ) -> None:
-    """Report passes until `stop` is set; a database outage is logged and retried."""
+    """Report passes until `stop` is set; a database fault is logged and retried.
+
+    The pass itself is the retry: the next one, `poll` seconds later, writes whatever the
+    failed one left unwritten.
+    """
     conn: psycopg.Connection | None = None
     try:
         while True:
             try:
                 if conn is None or conn.closed:
                     conn = _locked_connection(settings)
-                for summary in report_pass(conn, out_dir, clock(), delay):
-                    on_report(summary)
+                with database_errors(role=conn.info.user, privileges=_PRIVILEGES):
+                    for summary in report_pass(conn, out_dir, clock(), delay):
+                        on_report(summary)
             except Unavailable as exc:
-                log.warning("%s; retrying in %gs", exc, poll)
-            except psycopg.Error as exc:
-                if not is_outage(exc):
-                    raise
-                log.warning("database unavailable (%s); retrying in %gs", exc, poll)
+                log.warning("%s; retrying in %g s, hours not yet reported stay due", exc, poll)
                 if conn is not None:
                     conn.close()
                 conn = None

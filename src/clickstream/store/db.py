@@ -3,32 +3,38 @@
 from __future__ import annotations
 
 import psycopg
+from psycopg import conninfo
 
 from clickstream.config import Settings
-from clickstream.errors import Unavailable
 from clickstream.services.embedded import database_url
+from clickstream.store.faults import database_errors
 from clickstream.store.schema import migrate
 
-__all__ = ["connect", "is_outage"]
+__all__ = ["connect", "role_of"]
 
 
-def is_outage(exc: BaseException) -> bool:
-    """True when the database cannot be reached or cannot write now (retry, do not reject).
-
-    OperationalError covers lost connections, shutdown, disk full and out of memory;
-    InterfaceError a connection that is already closed.
-    """
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+def role_of(url: str) -> str | None:
+    """The role a connection URL logs in as, for the remedies of permission errors."""
+    try:
+        return conninfo.conninfo_to_dict(url).get("user")
+    except psycopg.ProgrammingError:
+        return None
 
 
 def connect(settings: Settings, *, migrate_schema: bool = True, **kwargs) -> psycopg.Connection:
-    """Open a connection, making sure the schema is current; raise Unavailable when down."""
+    """Open a connection, making sure the schema is current.
+
+    Raises a `DatabaseFault` (clickstream.errors) naming the cause and the remedy when the
+    database cannot be reached or refuses.
+    """
     url = database_url(settings)
-    try:
+    with database_errors(role=role_of(url)):
         conn = psycopg.connect(url, connect_timeout=10, **kwargs)
-        if migrate_schema:
-            migrate(conn)
-            conn.commit()
-    except psycopg.OperationalError as exc:
-        raise Unavailable(f"cannot reach the database: {str(exc).strip()}") from exc
+        try:
+            if migrate_schema:
+                migrate(conn)
+                conn.commit()
+        except BaseException:
+            conn.close()
+            raise
     return conn

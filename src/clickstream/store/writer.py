@@ -7,11 +7,17 @@ the slower path: COPY into a session-local staging table, then `INSERT ... ON CO
 NOTHING`, which makes a redelivered `messageid` a no-op. That is what turns Kafka's
 at-least-once into effectively-once. Rows and dead letters of a batch commit together, so the
 consumer can commit its offsets the moment this returns.
+
+An order is stored whole or not at all: an order whose `messageid` is stored already is
+skipped whole, even when it comes back with more line items. Every stored order has its
+line 1, so such an order always meets a stored key and takes the merge, which skips every
+line of a stored `messageid`; within one batch, the first event of a `messageid` wins.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import psycopg
 
@@ -44,6 +50,8 @@ class _Target:
     columns: str
     key: str
     derivations: tuple[Derivation, ...]
+    # Extra condition of the merge on the staged rows, e.g. to skip whole stored events.
+    new_only: str = ""
 
     def copy(self, into: str) -> str:
         return f"COPY {into} ({self.columns}) FROM STDIN"
@@ -53,7 +61,7 @@ class _Target:
         """INSERT the staged rows that are new; feed exactly those to the derivations."""
         insert = (
             f"INSERT INTO {self.table} ({self.columns}) SELECT {self.columns}"
-            f" FROM stage_{self.table} ON CONFLICT ({self.key}) DO NOTHING"
+            f" FROM stage_{self.table} {self.new_only} ON CONFLICT ({self.key}) DO NOTHING"
         )
         if not self.derivations:
             return insert
@@ -71,7 +79,12 @@ class _Target:
 
 _VIEWS = _Target("product_views", _VIEW_COLUMNS, "messageid", VIEW_DERIVATIONS)
 _ORDER_LINES = _Target(
-    "order_lines", _ORDER_LINE_COLUMNS, "messageid, line", ORDER_LINE_DERIVATIONS
+    "order_lines",
+    _ORDER_LINE_COLUMNS,
+    "messageid, line",
+    ORDER_LINE_DERIVATIONS,
+    "WHERE NOT EXISTS (SELECT FROM order_lines stored"
+    " WHERE stored.messageid = stage_order_lines.messageid)",
 )
 _MERGE_DEAD_LETTERS = (
     'INSERT INTO dead_letters (topic, partition, "offset", payload, reason)'
@@ -80,8 +93,9 @@ _MERGE_DEAD_LETTERS = (
 )
 
 
-@dataclass(frozen=True)
-class WriteResult:
+class WriteResult(NamedTuple):
+    """What one write stored: rows new to the database, dead letters, duplicates skipped."""
+
     views: int
     order_lines: int
     dead_letters: int
@@ -97,6 +111,24 @@ def _copy_text(rows) -> bytes:
     lines = ["\t".join([_escape(v) if type(v) is str else str(v) for v in row]) for row in rows]
     lines.append("")
     return "\n".join(lines).encode()
+
+
+def _first_of_each_order(lines: list) -> list:
+    """The lines of the first order event of each messageid in the batch.
+
+    Line numbers restart at 1 with each event, which is how a second event of the same
+    messageid shows in the flat list of lines.
+    """
+    seen: set[str] = set()
+    kept = []
+    skipping = False
+    for row in lines:
+        if row[1] == 1:
+            skipping = row[0] in seen
+            seen.add(row[0])
+        if not skipping:
+            kept.append(row)
+    return kept
 
 
 def copy_views(cur: psycopg.Cursor, views: list) -> None:
@@ -132,15 +164,20 @@ def _store(cur: psycopg.Cursor, target: _Target, rows: list) -> int:
 
 
 def write_batch(conn: psycopg.Connection, batch: CleanBatch) -> WriteResult:
-    """Store a cleaned batch durably and exactly once; raise the driver's error on failure."""
+    """Store a cleaned batch durably and exactly once; raise the driver's error on failure.
+
+    Called inside a transaction of the caller's, the batch is a savepoint of it: what it
+    staged is cleared so the next batch of that transaction stages afresh.
+    """
     views = order_lines = dead = 0
+    nested = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
     with conn.transaction(), conn.cursor() as cur:
         for statement in _STAGING:
             cur.execute(statement)
         if batch.views:
             views = _store(cur, _VIEWS, batch.views)
         if batch.order_lines:
-            order_lines = _store(cur, _ORDER_LINES, batch.order_lines)
+            order_lines = _store(cur, _ORDER_LINES, _first_of_each_order(batch.order_lines))
         if batch.rejects:
             with cur.copy(
                 'COPY stage_dead_letters (topic, partition, "offset", payload, reason) FROM STDIN'
@@ -149,5 +186,8 @@ def write_batch(conn: psycopg.Connection, batch: CleanBatch) -> WriteResult:
                     copy.write_row(reject)
             cur.execute(_MERGE_DEAD_LETTERS)
             dead = cur.rowcount
+        if nested:
+            for table in ("product_views", "order_lines", "dead_letters"):
+                cur.execute(f"DELETE FROM stage_{table}")
     duplicates = len(batch.views) - views + len(batch.order_lines) - order_lines
     return WriteResult(views, order_lines, dead, duplicates)
