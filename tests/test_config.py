@@ -103,6 +103,7 @@ def test_every_setting_can_be_set_from_the_environment():
         "kafka.consumer_group": "g",
         "api.access_log": "no",
         "ingest.max_event_bytes": "1000",
+        "ingest.max_rejected_share": "0.05",
         "kafka.session_timeout_ms": "7000",
     }
     for setting in SETTINGS:
@@ -158,6 +159,9 @@ def test_values_are_trimmed_and_paths_expanded(monkeypatch, tmp_path):
         ("CLICKSTREAM_INGEST_RETRY_MAX_SECONDS", "0", "greater than 0"),
         ("CLICKSTREAM_INGEST_RETRY_MAX_SECONDS", "soon", "expected a number"),
         ("CLICKSTREAM_INGEST_RETRY_MAX_SECONDS", "nan", "greater than 0"),
+        ("CLICKSTREAM_INGEST_MAX_REJECTED_SHARE", "1.5", "a share from 0 to 1"),
+        ("CLICKSTREAM_INGEST_MAX_REJECTED_SHARE", "nan", "a share from 0 to 1"),
+        ("CLICKSTREAM_INGEST_MAX_REJECTED_SHARE", "lots", "expected a number"),
         ("CLICKSTREAM_API_PORT", "65536", "at most 65535"),
         ("CLICKSTREAM_API_ACCESS_LOG", "maybe", "expected true or false"),
         ("CLICKSTREAM_DEMO_DURATION", "-5", "greater than 0"),

@@ -151,7 +151,8 @@ SETTINGS: tuple[Setting, ...] = (
         "ingest.retry_max_seconds",
         _positive_float,
         30.0,
-        "longest pause between retries while the database or broker is unreachable",
+        "longest pause between retries of a fault (database or broker unreachable, permission,"
+        " schema...)",
     ),
     Setting(
         "ingest.max_rejected_share",

@@ -90,7 +90,12 @@ def register(sub) -> None:
         "clean both topics into PostgreSQL",
         "Read the views and orders topics in one consumer group, clean the events, store them "
         "with COPY (each messageid once), dead-letter bad events with a reason, and commit "
-        "offsets only after the rows are durable. Run several to share the partitions. "
+        "offsets only after the rows are durable. Error policy: only an event whose content "
+        "the database refuses (SQLSTATE class 22/23) is dead-lettered, and only while such "
+        "events are at most ingest.max_rejected_share of a batch; every other database error "
+        "(connection, privilege, schema, read-only, timeout, disk full) is a fault, retried "
+        "with backoff up to ingest.retry_max_seconds and logged with its cause and remedy, "
+        "nothing committed meanwhile. Run several to share the partitions. "
         "SIGTERM or Ctrl-C finishes the current batch and stops.",
     )
     p.add_argument(
