@@ -76,7 +76,7 @@ class Harness:
         )
 
 
-def _make_role(admin: psycopg.Connection, dbname: str) -> str:
+def make_role(admin: psycopg.Connection, dbname: str) -> str:
     """A login role with exactly what the consumer needs: no ownership, no DDL, no superuser."""
     role = f"ingest_{uuid.uuid4().hex[:8]}"
     ident = sql.Identifier(role)
@@ -94,7 +94,7 @@ def _make_role(admin: psycopg.Connection, dbname: str) -> str:
     return role
 
 
-def _drop_role(admin: psycopg.Connection, role: str) -> None:
+def drop_role(admin: psycopg.Connection, role: str) -> None:
     admin.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
     )
@@ -107,7 +107,7 @@ def _harness(pipeline: Pipeline, url: str | None = None) -> Iterator[Harness]:
     admin_url = admin_p.settings.database_url
     admin = psycopg.connect(admin_url, autocommit=True)
     dbname = conninfo.conninfo_to_dict(admin_url)["dbname"]
-    role = _make_role(admin, dbname)
+    role = make_role(admin, dbname)
     settings = dataclasses.replace(
         admin_p.settings, database_url=conninfo.make_conninfo(admin_url, user=role)
     )
@@ -116,7 +116,7 @@ def _harness(pipeline: Pipeline, url: str | None = None) -> Iterator[Harness]:
         yield h
     finally:
         if not h.admin.closed:
-            _drop_role(h.admin, role)
+            drop_role(h.admin, role)
             h.admin.close()
 
 
