@@ -8,8 +8,9 @@ overlaps with reading and cleaning the next, on a single writer thread.
 Errors follow one policy (store/faults.py, README "Error policy"): a fault of the database
 (unreachable, permission, schema, read-only, timeout, disk full...) is retried with capped
 backoff and never dead-lettered; a batch the database refuses for its content (SQLSTATE class
-22 or 23) is split so that only the offending events are dead-lettered, unless they are more
-than `ingest.max_rejected_share` of it, which is a fault again.
+22 or 23) is searched for the events it refuses, and only those are dead-lettered, unless
+they are more than `ingest.max_rejected_share` of it, which is a fault again
+(store/refusals.py).
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clickstream.config import Settings
-from clickstream.errors import RejectedByDatabase, SystematicRefusal, Unavailable
-from clickstream.events import CleanBatch, Kind, RawEvent, Reason, Reject, clean_batch
+from clickstream.errors import RejectedByDatabase, Unavailable
+from clickstream.events import CleanBatch, Kind, RawEvent, clean_batch
 from clickstream.kafka.client import consumer_config, ensure_topics
 from clickstream.kafka.lag import PartitionLag, consumer_lag, describe
 from clickstream.kafka.records import raw_event
 from clickstream.retry import retrying
 from clickstream.store.db import connect
 from clickstream.store.faults import database_errors
+from clickstream.store.refusals import store_around_refusals
 from clickstream.store.writer import WriteResult, write_batch
 
 __all__ = ["IngestStats", "Ingestor"]
@@ -48,29 +50,6 @@ APPLICATION_NAME = "clickstream consume"
 
 # What the consumer's role needs on the event tables, named in a permission error's remedy.
 _PRIVILEGES = "INSERT, SELECT"
-
-
-@dataclass
-class _Refusals:
-    """Events the database refused while a batch was searched, up to a budget.
-
-    More refusals than the budget (ingest.max_rejected_share of the batch) are not bad
-    events but a fault of the database, e.g. a constraint or trigger refusing valid events.
-    """
-
-    budget: int
-    found: list[tuple[RawEvent, RejectedByDatabase]] = field(default_factory=list)
-
-    def add(self, event: RawEvent, refused: RejectedByDatabase) -> None:
-        self.found.append((event, refused))
-        if len(self.found) > self.budget:
-            raise SystematicRefusal(
-                f"the database refused more than {self.budget} events of one batch, the last"
-                f" one with: {refused.detail}",
-                "more than ingest.max_rejected_share are not bad events but a fault: look for"
-                " a recent constraint, trigger or column change; the batch is retried whole",
-                refused.sqlstate,
-            )
 
 
 @dataclass
@@ -205,12 +184,7 @@ class Ingestor:
         self.stats.add(batch, written)
 
     def _write(self, raw: list[RawEvent], batch: CleanBatch) -> WriteResult:
-        """Write the batch; if the database refuses its content, find the events it refuses.
-
-        The search splits the batch in halves down to single events, all in one transaction
-        (each part a savepoint), so a search that ends in `SystematicRefusal` leaves nothing
-        behind, not even the dead letters it found on the way.
-        """
+        """Write the batch; if the database refuses its content, find the events it refuses."""
         conn = self._conn
         assert conn is not None
         try:
@@ -218,48 +192,10 @@ class Ingestor:
                 return write_batch(conn, batch)
         except RejectedByDatabase:
             pass
-        share = self.settings.ingest_max_rejected_share
-        search = _Refusals(budget=max(int(share * len(raw)), 1 if share > 0 else 0))
-        with self._errors(), conn.transaction():
-            half = len(raw) // 2
-            parts = [self._split(raw[:half], search), self._split(raw[half:], search)]
-            for event, refused in search.found:
-                parts.append(self._dead_letter_refused(event, refused))
-        if search.found:
-            log.warning(
-                "the database refused %d of %d events of a batch (at most %d allowed by"
-                " ingest.max_rejected_share): dead-lettered them",
-                len(search.found),
-                len(raw),
-                search.budget,
-            )
-        return WriteResult(*(sum(column) for column in zip(*parts, strict=True)))
-
-    def _split(self, raw: list[RawEvent], search: _Refusals) -> WriteResult:
-        """Write part of a refused batch; recurse into halves while the database refuses."""
-        assert self._conn is not None
-        if not raw:
-            return WriteResult(0, 0, 0, 0)
-        try:
-            with self._errors(writing_events=True):
-                return write_batch(self._conn, self._clean(raw))
-        except RejectedByDatabase as refused:
-            if len(raw) == 1:
-                search.add(raw[0], refused)
-                return WriteResult(0, 0, 0, 0)
-        half = len(raw) // 2
-        first, second = self._split(raw[:half], search), self._split(raw[half:], search)
-        return WriteResult(*(a + b for a, b in zip(first, second, strict=True)))
-
-    def _dead_letter_refused(self, event: RawEvent, refused: RejectedByDatabase) -> WriteResult:
-        """Cleaning let through something the database refuses: dead-letter that event."""
-        assert self._conn is not None
-        reason = f"{Reason.REJECTED_BY_DATABASE}: {refused.detail}"
-        payload = event.value or b""
-        reject = Reject(event.topic, event.partition, event.offset, payload, reason)
-        log.error("offset %s of %s[%s]: %s", event.offset, event.topic, event.partition, reason)
         with self._errors():
-            return write_batch(self._conn, CleanBatch(rejects=[reject]))
+            return store_around_refusals(
+                conn, raw, self._clean, self.settings.ingest_max_rejected_share
+            )
 
     def _errors(self, writing_events: bool = False):
         """The error policy's translation for this consumer's connection."""
