@@ -158,8 +158,8 @@ SETTINGS: tuple[Setting, ...] = (
         "ingest.max_rejected_share",
         _share,
         0.01,
-        "largest share of a batch the database may refuse as bad events (at least one event);"
-        " beyond it the refusal is a fault and the batch is retried",
+        "largest share of a batch the database may refuse as bad events (at least one event,"
+        " none if 0); beyond it the refusal is a fault and the batch is retried",
     ),
     Setting(
         "ingest.log_every_seconds",

@@ -40,16 +40,18 @@ def retrying(
     or as soon as `stop` is set during a wait.
     """
 
+    last: list[BaseException | None] = [None]
+
     def sleep(seconds: float) -> None:
         if stop is None:
             time.sleep(seconds)
         elif stop.wait(seconds):
-            raise Unavailable("stopped while retrying a fault; nothing more was done")
+            raise Unavailable(f"stopped while retrying ({last[0]}); {meanwhile}") from last[0]
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
+        last[0] = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        logger.warning("%s; retrying in %s s, %s", exc, _seconds(wait), meanwhile)
+        logger.warning("%s; retrying in %s s, %s", last[0], _seconds(wait), meanwhile)
 
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(Unavailable),
