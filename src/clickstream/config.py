@@ -185,6 +185,12 @@ SETTINGS: tuple[Setting, ...] = (
         "processes that read and clean the live view's events, each a share of the partitions",
     ),
     Setting("demo.duration", _positive_float, 120.0, "seconds `clickstream demo` runs"),
+    Setting(
+        "privacy.hash_key",
+        _optional_text,
+        None,
+        "secret key of the keyed hash (HMAC) that erasure records keep instead of a user id",
+    ),
 )
 
 
@@ -213,6 +219,7 @@ class Settings:
     realtime_window_seconds: int
     realtime_readers: int
     demo_duration: float
+    privacy_hash_key: str | None = None
     source: str = field(default="defaults", compare=False)
 
     @property

@@ -96,6 +96,8 @@ class Reject(NamedTuple):
     offset: int
     payload: bytes
     reason: str
+    # The record's own time, kept so that a replay cleans the payload as it was received.
+    kafka_timestamp_ms: int | None = None
 
 
 @dataclass
@@ -349,6 +351,13 @@ def clean_batch(
                     )
         except _Invalid as exc:
             batch.rejects.append(
-                Reject(raw.topic, raw.partition, raw.offset, raw.value or b"", str(exc))
+                Reject(
+                    raw.topic,
+                    raw.partition,
+                    raw.offset,
+                    raw.value or b"",
+                    str(exc),
+                    raw.kafka_timestamp_ms,
+                )
             )
     return batch

@@ -92,6 +92,7 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
             limit=args.limit,
             stop=stop,
             on_progress=bar.update,
+            keep_timestamps=args.keep_timestamps,
         )
     how = "interrupted: " if result.interrupted else ""
     print(f"{how}{result.delivered:,} delivered, {result.failed:,} failed to {args.topic}")
@@ -169,3 +170,9 @@ def register(sub) -> None:
         "--max-speed", action="store_true", help="send as fast as the broker takes them"
     )
     p.add_argument("--limit", type=nonneg_int, metavar="N", help="stop after N events")
+    p.add_argument(
+        "--keep-timestamps",
+        action="store_true",
+        help="an event that has a timestamp keeps it instead of the send time"
+        " (e.g. fixed dead letters sent back)",
+    )

@@ -46,15 +46,20 @@ class TimestampClock:
         return self._text
 
 
-def stamp(line: bytes, timestamp: str) -> tuple[bytes | None, bytes]:
-    """Return (key, value): a JSON object gets the send time and is keyed by its userid."""
+def stamp(line: bytes, timestamp: str, *, keep: bool = False) -> tuple[bytes | None, bytes]:
+    """Return (key, value): a JSON object gets the send time and is keyed by its userid.
+
+    With `keep`, an event that carries a `timestamp` already keeps it: events sent back
+    after a fix then count in the hour they happened, not the hour they were resent.
+    """
     try:
         event = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None, line
     if type(event) is not dict:
         return None, line
-    event["timestamp"] = timestamp
+    if not keep or "timestamp" not in event:
+        event["timestamp"] = timestamp
     userid = event.get("userid")
     key = userid.encode() if type(userid) is str else None
     return key, orjson.dumps(event)
@@ -70,6 +75,7 @@ def produce_lines(
     stop: threading.Event | None = None,
     on_progress: Callable[[int], None] | None = None,
     config: dict | None = None,
+    keep_timestamps: bool = False,
 ) -> ProduceResult:
     """Send each non-blank line; wait until every sent event is delivered or failed.
 
@@ -110,7 +116,7 @@ def produce_lines(
                             break
                     else:
                         time.sleep(delay)
-            key, value = stamp(line, clock.now())
+            key, value = stamp(line, clock.now(), keep=keep_timestamps)
             while True:
                 try:
                     producer.produce(topic, value=value, key=key, on_delivery=delivered)

@@ -100,7 +100,14 @@ def _rejects(found: list[tuple[RawEvent, RejectedByDatabase]]) -> list[Reject]:
         reason = f"{Reason.REJECTED_BY_DATABASE}: {refused.detail}"
         log.error("offset %s of %s[%s]: %s", event.offset, event.topic, event.partition, reason)
         rejects.append(
-            Reject(event.topic, event.partition, event.offset, event.value or b"", reason)
+            Reject(
+                event.topic,
+                event.partition,
+                event.offset,
+                event.value or b"",
+                reason,
+                event.kafka_timestamp_ms,
+            )
         )
     return rejects
 

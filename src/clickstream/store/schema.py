@@ -188,6 +188,28 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
         "DROP TABLE recent_views",
         "DROP TABLE report_viewers",
     ),
+    # Dead letters can be replayed (clickstream/dead_letters.py): each keeps the Kafka
+    # record's time, which the cleaning rules fall back on for an event without a usable
+    # `timestamp`, and the last replay's time and outcome (`stored`, `duplicate` or
+    # `still-rejected: reason`). Nullable columns without a default: no table rewrite.
+    "0006_dead_letter_replay": (
+        "ALTER TABLE dead_letters ADD COLUMN kafka_timestamp timestamptz,"
+        " ADD COLUMN replayed_at timestamptz, ADD COLUMN replay_outcome text",
+    ),
+    # What `clickstream forget-user` erased (clickstream/store/erasure.py): when, the rows
+    # removed per table, and a keyed hash of the id (never the id), by which the live view
+    # recognises the user it must stop showing.
+    "0007_erasure_audit": (
+        """
+        CREATE TABLE erasures (
+            id           bigserial PRIMARY KEY,
+            erased_at    timestamptz NOT NULL DEFAULT now(),
+            user_hash    text NOT NULL,
+            rows_removed jsonb NOT NULL
+        )
+        """,
+        "CREATE INDEX erasures_user_hash ON erasures (user_hash)",
+    ),
 }
 
 

@@ -34,8 +34,8 @@ _STAGING = (
     " (messageid text, line integer, orderid text, userid text, productid text,"
     " quantity integer, ordered_at timestamptz) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_dead_letters"
-    ' (topic text, partition integer, "offset" bigint, payload bytea, reason text)'
-    " ON COMMIT DELETE ROWS",
+    ' (topic text, partition integer, "offset" bigint, payload bytea, reason text,'
+    " kafka_ms bigint) ON COMMIT DELETE ROWS",
 )
 
 _VIEW_COLUMNS = "messageid, userid, productid, source, viewed_at"
@@ -87,8 +87,9 @@ _ORDER_LINES = _Target(
     " WHERE stored.messageid = stage_order_lines.messageid)",
 )
 _MERGE_DEAD_LETTERS = (
-    'INSERT INTO dead_letters (topic, partition, "offset", payload, reason)'
-    ' SELECT topic, partition, "offset", payload, reason FROM stage_dead_letters'
+    'INSERT INTO dead_letters (topic, partition, "offset", payload, reason, kafka_timestamp)'
+    ' SELECT topic, partition, "offset", payload, reason, to_timestamp(kafka_ms / 1000.0)'
+    " FROM stage_dead_letters"
     ' ON CONFLICT (topic, partition, "offset", payload_md5) DO NOTHING'
 )
 
@@ -180,7 +181,8 @@ def write_batch(conn: psycopg.Connection, batch: CleanBatch) -> WriteResult:
             order_lines = _store(cur, _ORDER_LINES, _first_of_each_order(batch.order_lines))
         if batch.rejects:
             with cur.copy(
-                'COPY stage_dead_letters (topic, partition, "offset", payload, reason) FROM STDIN'
+                'COPY stage_dead_letters (topic, partition, "offset", payload, reason, kafka_ms)'
+                " FROM STDIN"
             ) as copy:
                 for reject in batch.rejects:
                     copy.write_row(reject)

@@ -1,0 +1,203 @@
+"""Dead letters through a real broker and database: listed safely, replayed exactly once,
+exported to fix by hand and sent back."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+import pytest
+from conftest import Pipeline
+
+from clickstream.dead_letters import ndjson_line
+from clickstream.printable import preview
+
+SMALL = 300  # ingest.max_event_bytes while the events arrive
+
+
+def view(messageid: str, user: str, product: str, padding: int = 0) -> bytes:
+    event = {
+        "event": "ProductView",
+        "messageid": messageid,
+        "userid": user,
+        "properties": {"productid": product},
+        "context": {"source": "web"},
+    }
+    if padding:
+        event["note"] = "x" * padding
+    return orjson.dumps(event)
+
+
+@pytest.fixture
+def arrived(pipeline) -> Pipeline:
+    """Views through Kafka under a small size limit: five oversize ones (one of them an
+    event whose messageid is also stored in a small form), two other bad records, three good."""
+    small = dataclasses.replace(pipeline.settings, ingest_max_event_bytes=SMALL)
+    p = Pipeline(small, pipeline.bootstrap)
+    p.produce_views(
+        [view(f"big-{i}", f"user-{i}", "product-1", padding=400) for i in range(4)]
+        + [view("twice", "user-9", "product-2", padding=400), view("twice", "user-9", "product-2")]
+        + [b'{"event": "ProductView", "messageid": "broken"', b"\x1b[31m\xff not utf-8"]
+        + [view(f"ok-{i}", "user-5", "product-3") for i in range(3)]
+    )
+    stats = p.consume()
+    assert (stats.views, stats.dead_letters) == (4, 7)
+    return p
+
+
+def outcomes(p: Pipeline) -> dict[str, str | None]:
+    rows = p.query(
+        "SELECT split_part(reason, ':', 1), replay_outcome, payload FROM dead_letters ORDER BY id"
+    )
+    found: dict[str, str | None] = {}
+    for code, outcome, payload in rows:
+        try:
+            key = orjson.loads(bytes(payload))["messageid"]
+        except orjson.JSONDecodeError:
+            key = code
+        found[key] = outcome
+    return found
+
+
+def test_replay_stores_each_oversize_event_once_and_leaves_the_rest(arrived):
+    p = arrived
+    raised = Pipeline(dataclasses.replace(p.settings, ingest_max_event_bytes=65536), p.bootstrap)
+
+    result = raised.cli("dead-letters", "replay", "--reason", "oversize")
+    assert result.returncode == 0, result.stderr
+    assert "replayed 5 dead letters: 4 stored, 1 already stored, 0 still rejected" in result.stdout
+    ids = [row[0] for row in p.query("SELECT messageid FROM product_views ORDER BY 1")]
+    assert ids == ["big-0", "big-1", "big-2", "big-3", "ok-0", "ok-1", "ok-2", "twice"]
+    assert outcomes(p) == {
+        **{f"big-{i}": "stored" for i in range(4)},
+        "twice": "duplicate",
+        "bad-json": None,
+        "bad-utf8": None,
+    }
+    # the derived tables followed, as at ingest
+    assert p.query("SELECT sum(views)::int, sum(viewers)::int FROM report_view_hours") == p.query(
+        "SELECT count(*)::int, count(DISTINCT (userid, productid,"
+        " date_trunc('hour', viewed_at, 'UTC')))::int FROM product_views"
+    )
+    assert p.query(
+        "SELECT userid, productid FROM user_product_hours WHERE productid <> 'product-3' ORDER BY 1"
+    ) == [(f"user-{i}", "product-1") for i in range(4)] + [("user-9", "product-2")]
+
+    marked = p.query("SELECT id, replayed_at FROM dead_letters ORDER BY id")
+    again = raised.cli("dead-letters", "replay", "--reason", "oversize")
+    assert again.returncode == 0, again.stderr
+    assert "nothing to replay" in again.stdout
+    everything = raised.cli("dead-letters", "replay")
+    assert "replayed 2 dead letters: 0 stored, 0 already stored, 2 still rejected" in (
+        everything.stdout
+    )
+    assert p.query("SELECT count(*)::int FROM product_views") == [(8,)]
+    assert p.query(
+        "SELECT id, replayed_at FROM dead_letters WHERE replay_outcome IN"
+        " ('stored', 'duplicate') ORDER BY id"
+    ) == [row for row in marked if row[1] is not None]
+    assert outcomes(p)["bad-json"].startswith("still-rejected: bad-json: ")
+
+
+def test_replay_under_the_same_limit_keeps_them_pending(arrived):
+    result = arrived.cli("dead-letters", "replay", "--reason", "oversize")
+    # "twice" is still too big, but its messageid is stored: nothing left to do for it
+    assert "replayed 5 dead letters: 0 stored, 1 already stored, 4 still rejected" in (
+        result.stdout
+    )
+    assert "still rejected as oversize: 4 (kept, pending)" in result.stdout
+    assert arrived.query("SELECT count(*)::int FROM product_views") == [(4,)]
+    assert outcomes(arrived)["big-0"] == "still-rejected: oversize: 576 bytes, the limit is 300"
+    again = arrived.cli("dead-letters", "replay", "--reason", "oversize")
+    assert "replayed 4 dead letters" in again.stdout  # still pending, tried again
+
+
+def test_list_counts_by_reason_then_shows_the_newest_escaped(arrived):
+    result = arrived.cli("dead-letters", "list", "--limit", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "7 dead letters by reason (pending / replayed):"
+    assert lines[1].split() == ["oversize", "5", "0"]
+    assert sorted(line.split()[0] for line in lines[2:4]) == ["bad-json", "bad-utf8"]
+    assert len(lines) == 5 + 2 * 2  # two entries of two lines each
+    shown = arrived.cli("dead-letters", "list", "--reason", "bad-utf8").stdout
+    assert "\x1b" not in shown
+    assert shown.splitlines()[-1].strip() == "16 bytes: \\x1b[31m\\xff not utf-8"
+
+    listed = orjson.loads(
+        arrived.cli("dead-letters", "list", "--json", "--reason", "bad-utf8").stdout
+    )
+    assert listed["counts"] == [{"reason": "bad-utf8", "pending": 1, "replayed": 0}]
+    (entry,) = listed["entries"]
+    assert entry["payload_head"] == "\\x1b[31m\\xff not utf-8"
+    assert entry["topic"] == arrived.settings.kafka_views_topic
+    assert entry["payload_bytes"] == 16
+
+
+def test_export_fix_and_produce_back(arrived, tmp_path):
+    p = arrived
+    out = tmp_path / "oversize.json"
+    result = p.cli("dead-letters", "export", "--reason", "oversize", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == 5
+    fixed = []
+    for line in lines:
+        event = orjson.loads(line)
+        del event["note"]  # the fix: drop the field that made it too big
+        fixed.append(orjson.dumps(event))
+    out.write_bytes(b"\n".join(fixed) + b"\n")
+    sent = p.cli(
+        "produce",
+        str(out),
+        "--topic",
+        p.settings.kafka_views_topic,
+        "--max-speed",
+        "--keep-timestamps",
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert p.consume().views == 4  # "twice" was stored already
+    replayed = p.cli("dead-letters", "replay", "--reason", "oversize")
+    assert "replayed 5 dead letters: 0 stored, 5 already stored" in replayed.stdout
+    assert p.query("SELECT count(*)::int FROM product_views") == [(8,)]
+
+
+def test_export_refuses_to_mix_topics_and_bad_arguments_exit_2(arrived, tmp_path):
+    p = arrived
+    p.produce_orders([b"not an order"])
+    p.consume()
+    mixed = p.cli("dead-letters", "export", "--out", str(tmp_path / "x.json"))
+    assert mixed.returncode == 2
+    assert "export one topic at a time with --topic" in mixed.stderr
+    assert len(mixed.stderr.strip().splitlines()) == 1
+    for args in (
+        ["list", "--since", "yesterday"],
+        ["list", "--reason", "nonsense"],
+        ["replay", "--reason", "oversize", "--id", "1"],
+        ["replay", "--id", "999999"],
+    ):
+        result = p.cli("dead-letters", *args)
+        assert result.returncode == 2, args
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "payload,line",
+    [
+        (b'{"a": 1}', b'{"a": 1}'),
+        (b'{"a":\n 1,\r\n "b": "x"}', b'{"a":  1,   "b": "x"}'),
+        (b"not json\nat all", None),
+        (b'{"a": "\xff"}', None),
+        (b"   ", None),
+        (b"plain text", b"plain text"),
+    ],
+)
+def test_an_export_line_is_the_payload_or_nothing(payload, line):
+    assert ndjson_line(payload) == line
+
+
+def test_preview_escapes_whatever_the_bytes():
+    assert preview(b"ok \\ \x1b[2J\xe2\x80\xae\xc5\x9f\xff", 64) == "ok \\\\ \\x1b[2J\\u202eş\\xff"
+    assert preview(b"abcdef", 3) == "abc…"
+    assert preview("ş".encode() * 2, 3) == "ş\\xc5…"
