@@ -56,6 +56,43 @@ def test_an_event_is_shown_until_exactly_one_window_after_its_time():
     assert shown(window, 15_000) == {"users": [], "categories": {}, "platforms": {}}
 
 
+def test_categories_come_from_the_mapping_at_snapshot_time():
+    # t(s):  0    1    2
+    #        p1   p2   p1      p1 moves from category-1 to category-2 at 2.5 s
+    window = SlidingWindow(W)
+    window.add([view(0, "user-a", "p1"), view(1_000, "user-b", "p2")], now_ms=1_000)
+    window.add([view(2_000, "user-c", "p1")], now_ms=2_000)
+    before = {"p1": "category-1", "p2": "category-2"}
+    after = {"p1": "category-2", "p2": "category-2"}
+    assert window.snapshot(2_000, before.__getitem__).categories == [
+        ("category-1", 2),
+        ("category-2", 1),
+    ]
+    assert window.snapshot(2_500, after.__getitem__).categories == [("category-2", 3)]
+    # it expires per product, whatever the mapping says now
+    assert window.snapshot(10_500, after.__getitem__).categories == [("category-2", 2)]
+
+
+def test_forget_takes_a_users_views_out_up_to_the_erasure():
+    # t(s):  0    1    2    3
+    #        a    b    a    a      a erased at 2 s: the views at 0 and 2 go, 3 stays
+    window = SlidingWindow(W)
+    window.add([view(0, "user-a"), view(1_000, "user-b", platform="web")], now_ms=1_000)
+    window.add([view(2_000, "user-a"), view(3_000, "user-a", "category-2")], now_ms=3_000)
+    assert window.forget({"user-a"}, until_ms=2_000) == 2
+    assert shown(window, 3_000) == {
+        "users": ["user-a", "user-b"],
+        "categories": {"category-1": 1, "category-2": 1},
+        "platforms": {"ios": 1, "web": 1},
+    }
+    assert window.forget({"user-a"}, until_ms=3_000) == 1
+    assert shown(window, 3_000)["users"] == ["user-b"]
+    assert window.forget({"user-z"}, until_ms=3_000) == 0
+    # what was taken out does not come back when its time expires
+    assert shown(window, 11_000) == {"users": [], "categories": {}, "platforms": {}}
+    assert len(window) == 0
+
+
 def test_the_window_empties_when_traffic_stops():
     # t(s):  0  1  2 ...................... 60
     #        a  b  c      (no more events)  ^ asked here: nothing left
@@ -203,7 +240,7 @@ def brute_force(arrivals: list[Arrival], ask: int, window_ms: int, skew_ms: int)
     categories: dict[str, int] = {}
     platforms: dict[str, int] = {}
     for v in inside:
-        categories[v.category] = categories.get(v.category, 0) + 1
+        categories[v.product] = categories.get(v.product, 0) + 1
         platforms[v.platform] = platforms.get(v.platform, 0) + 1
     return {
         "users": users,

@@ -17,35 +17,35 @@ its end (the backlog) that are older than the window are skipped, not counted as
 were not late, they are history.
 
 What cleaning rejects is simply not shown (the ingest dead-letters it). Products are mapped
-to categories with the catalog in PostgreSQL, re-read every `CATALOG_REFRESH_SECONDS`; a
-view keeps the category it had on arrival, and a product missing from the catalog is shown
-as `NOT_IN_CATALOG`. When a reader fails, all of them restart from a fresh seek into a fresh
-window, as on start.
+to categories when a snapshot is taken, with the catalog in PostgreSQL as `DatabaseWatch`
+last read it (at once after `catalog load`, and every `CATALOG_REFRESH_SECONDS`); a product
+missing from the catalog is shown as `NOT_IN_CATALOG`. A user erased by `forget-user` is
+taken out of the window as soon as the erasure is read, and views of theirs up to the
+erasure read again later (a restart re-reads the topic) are not shown: the erasure keeps a
+keyed hash of the id, which this process computes for the ids it sees (`privacy.hash_key`).
+When a reader fails, all of them restart from a fresh seek into a fresh window, as on start.
 """
 
 from __future__ import annotations
 
-import calendar
-import contextlib
 import logging
 import marshal
 import multiprocessing
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
-import psycopg
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
-from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.kafka.client import ensure_topics
-from clickstream.kafka.records import is_partition_eof, raw_event
-from clickstream.process import tune_garbage_collector
+from clickstream.privacy import user_hash
+from clickstream.realtime.readers import POLL_SECONDS, Share, read_share
+from clickstream.realtime.readers import partitions as topic_partitions
+from clickstream.realtime.watch import DatabaseWatch, Erased
 from clickstream.realtime.window import SlidingWindow, Snapshot
 
 __all__ = [
@@ -53,7 +53,6 @@ __all__ = [
     "NOT_IN_CATALOG",
     "LiveState",
     "RealtimeSource",
-    "epoch_ms",
 ]
 
 log = logging.getLogger("clickstream.realtime")
@@ -62,25 +61,6 @@ NOT_IN_CATALOG = "(not in catalog)"
 CATALOG_REFRESH_SECONDS = 30.0
 # Seek a little before the window: a record's timestamp may trail its event time.
 SEEK_MARGIN_MS = 60_000
-BATCH_SIZE = 10_000
-POLL_SECONDS = 0.05
-
-_seconds_cache: dict[str, int] = {}
-
-
-def epoch_ms(stamp: str) -> int:
-    """`2026-11-24T13:00:00.123Z` (the one format `clean_batch` emits) in epoch milliseconds.
-
-    The whole-second part is parsed once per second of event time, not once per event.
-    """
-    head = stamp[:19]
-    seconds = _seconds_cache.get(head)
-    if seconds is None:
-        if len(_seconds_cache) > 4096:
-            _seconds_cache.clear()
-        seconds = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-        _seconds_cache[head] = seconds
-    return seconds * 1000 + int(stamp[20:23])
 
 
 def _now_ms() -> int:
@@ -116,6 +96,8 @@ class RealtimeSource:
         self._clock = clock
         self._catalog: dict[str, str] = {}
         self._catalog_refresh = catalog_refresh_seconds
+        self._erased: dict[str, int] = {}  # user hash -> erasure time (ms), recent ones
+        self._hashes: dict[str, str] = {}  # user id -> its keyed hash, computed once
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -126,7 +108,17 @@ class RealtimeSource:
 
     def start(self) -> RealtimeSource:
         """Start reading in the background; returns at once (`wait_caught_up` to wait)."""
-        for name, target in (("catalog", self._catalog_loop), ("reader", self._reader_loop)):
+        watch = DatabaseWatch(
+            self.settings,
+            on_catalog=self._set_catalog,
+            on_erasures=self._erase,
+            erasures_since_ms=lambda: self._clock() - self.window.window_ms,
+            catalog_refresh_seconds=self._catalog_refresh,
+        )
+        for name, target in (
+            ("database", lambda: watch.run(self._stop)),
+            ("reader", self._reader_loop),
+        ):
             thread = threading.Thread(target=target, name=f"clickstream-realtime-{name}")
             thread.daemon = True
             thread.start()
@@ -150,32 +142,51 @@ class RealtimeSource:
         return self._caught_up.wait(timeout)
 
     def state(self) -> LiveState:
+        catalog = self._catalog
         with self._lock:
-            snapshot = self.window.snapshot(self._clock())
+            snapshot = self.window.snapshot(
+                self._clock(), lambda product: catalog.get(product, NOT_IN_CATALOG)
+            )
         return LiveState(snapshot, not self._caught_up.is_set(), self._connected, self.received)
 
-    # -- the catalog ----------------------------------------------------------------------------
+    # -- what the database says: the catalog, erasures -----------------------------------------
 
-    def _catalog_loop(self) -> None:
-        while not self._stop.is_set():
-            loaded = self._load_catalog()
-            self._stop.wait(self._catalog_refresh if loaded else min(self._catalog_refresh, 2))
+    def _set_catalog(self, catalog: dict[str, str]) -> None:
+        self._catalog = catalog
 
-    def _load_catalog(self) -> bool:
-        from clickstream.services.embedded import database_url
+    def _hash(self, userid: str) -> str:
+        hashed = self._hashes.get(userid)
+        if hashed is None:
+            if len(self._hashes) > 200_000:
+                self._hashes.clear()
+            hashed = self._hashes[userid] = user_hash(self.settings.privacy_hash_key, userid)
+        return hashed
 
-        try:
-            with psycopg.connect(database_url(self.settings), connect_timeout=5) as conn:
-                rows = conn.execute("SELECT productid, categoryid FROM products").fetchall()
-        except (psycopg.Error, ClickstreamError) as exc:
+    def _erase(self, erasures: list[Erased]) -> None:
+        """Take the erased users out of the window; remember the erasures that views read
+        later could still fall under (those less than a window old)."""
+        if not self.settings.privacy_hash_key:
             log.warning(
-                "cannot read the catalog, keeping %d products: %s",
-                len(self._catalog),
-                str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
+                "%d users were erased, but privacy.hash_key is not set for this server: the"
+                " live view cannot recognise them",
+                len(erasures),
             )
-            return False
-        self._catalog = dict(rows)
-        return True
+            return
+        with self._lock:
+            oldest = self._clock() - self.window.window_ms
+            erased = {h: at for h, at in self._erased.items() if at > oldest}
+            for hashed, at in erasures:
+                erased[hashed] = max(at, erased.get(hashed, at))
+            self._erased = {h: at for h, at in erased.items() if at > oldest}
+            for user in self.window.users:
+                until = erased.get(self._hash(user))
+                if until is not None:
+                    removed = self.window.forget({user}, until)
+                    log.info("erased user taken out of the live view (%d views)", removed)
+
+    def _not_erased(self, views: list) -> list:
+        erased, hashed = self._erased, self._hash
+        return [v for v in views if v[4] > erased.get(hashed(v[1]), v[4] - 1)]
 
     # -- the readers ----------------------------------------------------------------------------
 
@@ -202,7 +213,7 @@ class RealtimeSource:
 
         bootstrap = self._bootstrap or bootstrap_servers(self.settings)
         ensure_topics(bootstrap, [self.topic], self.settings.kafka_partitions)
-        partitions = _partitions(bootstrap, self.topic)
+        partitions = topic_partitions(bootstrap, self.topic)
         count = min(self.settings.realtime_readers, len(partitions))
         with self._lock:
             # A fresh window per generation: it is rebuilt from the seek, as on start.
@@ -215,7 +226,7 @@ class RealtimeSource:
         try:
             for index in range(count):
                 receiver, sender = context.Pipe(duplex=False)
-                share = _Share(
+                share = Share(
                     bootstrap,
                     self.topic,
                     tuple(partitions[index::count]),
@@ -223,7 +234,7 @@ class RealtimeSource:
                     self.settings.ingest_max_event_bytes,
                 )
                 process = context.Process(
-                    target=_read_share,
+                    target=read_share,
                     args=(share, sender, stop),
                     name=f"clickstream-realtime-reader-{index}",
                     daemon=True,
@@ -283,169 +294,15 @@ class RealtimeSource:
 
     def _take(self, live: list, history: list, received: int) -> None:
         """Place the readers' rows (messageid, userid, productid, source, at_ms)."""
-        category = self._catalog.get
         now = self._clock()
-        views = [(m, u, category(p, NOT_IN_CATALOG), s, at) for m, u, p, s, at in live]
+        views = live
         if history:
             # Backlog older than the window is history the seek could not skip, not late.
             oldest = now - self.window.window_ms
-            views += [
-                (m, u, category(p, NOT_IN_CATALOG), s, at)
-                for m, u, p, s, at in history
-                if at > oldest
-            ]
+            views = live + [row for row in history if row[4] > oldest]
         if views:
             with self._lock:
+                if self._erased:
+                    views = self._not_erased(views)
                 self.window.add(views, now)
         self.received += received
-
-
-# -- a reader process -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Share:
-    """What one reader process reads: its partitions, from `since_ms` on."""
-
-    bootstrap: str
-    topic: str
-    partitions: tuple[int, ...]
-    since_ms: int
-    max_event_bytes: int
-
-
-def _partitions(bootstrap: str, topic: str) -> list[int]:
-    consumer = _consumer(bootstrap)
-    try:
-        found = consumer.list_topics(topic, timeout=10).topics.get(topic)
-    finally:
-        consumer.close()
-    if found is None or found.error is not None or not found.partitions:
-        raise ClickstreamError(f"topic {topic} has no partitions yet")
-    return sorted(found.partitions)
-
-
-def _consumer(bootstrap: str) -> Consumer:
-    return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            # librdkafka wants a group id even for assigned partitions; nothing is committed.
-            "group.id": f"clickstream-realtime-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 50,
-            # "reached the end" events: how we know the backlog was read (Tansu's high
-            # watermarks lag behind, so comparing offsets with them would stop short).
-            "enable.partition.eof": True,
-        }
-    )
-
-
-def _read_share(share: _Share, sender: Connection, stop) -> None:
-    """A reader process: seek, then send ("views", live, history, received, caught up) per
-    batch read; ("failed", why) ends it. It also ends when its parent is gone."""
-    tune_garbage_collector()
-    parent = multiprocessing.parent_process()
-    try:
-        consumer = _consumer(share.bootstrap)
-        try:
-            offsets, reread = _seek(consumer, share)
-            sender.send_bytes(marshal.dumps(("assigned", offsets, reread)))
-            behind = set(offsets)  # partitions that have not reached their end yet
-            kinds = {share.topic: Kind.VIEW}
-            while not stop.is_set() and (parent is None or parent.is_alive()):
-                messages = consumer.consume(BATCH_SIZE, timeout=POLL_SECONDS)
-                if not messages:
-                    continue
-                live: list[RawEvent] = []
-                history: list[RawEvent] = []
-                for message in messages:
-                    event = raw_event(message, kinds)
-                    if event is None:
-                        if is_partition_eof(message):
-                            behind.discard(message.partition())
-                        continue
-                    (history if event.partition in behind else live).append(event)
-                batch = (
-                    "views",
-                    _rows(live, share.max_event_bytes),
-                    _rows(history, share.max_event_bytes),
-                    len(live) + len(history),
-                    not behind,
-                )
-                sender.send_bytes(marshal.dumps(batch))
-        finally:
-            with contextlib.suppress(KafkaException, RuntimeError):
-                consumer.close()
-    except (BrokenPipeError, KeyboardInterrupt):
-        pass  # the parent is gone or stopping: nobody to tell
-    except Exception as exc:  # sent to the parent, which logs it and restarts the readers
-        with contextlib.suppress(OSError):
-            sender.send_bytes(marshal.dumps(("failed", f"{type(exc).__name__}: {exc}")))
-
-
-def _rows(raw: list[RawEvent], max_event_bytes: int) -> list[tuple]:
-    if not raw:
-        return []
-    rows = clean_batch(raw, max_event_bytes=max_event_bytes).views
-    seconds = _seconds_cache.get
-    out = []
-    append = out.append
-    for messageid, userid, productid, source, at in rows:
-        second = seconds(at[:19])
-        at_ms = second * 1000 + int(at[20:23]) if second is not None else epoch_ms(at)
-        append((messageid, userid, productid, source, at_ms))
-    return out
-
-
-def _seek(consumer: Consumer, share: _Share) -> tuple[dict[int, int], list[int]]:
-    """Assign the share's partitions at `since_ms`; return the offsets, and the partitions
-    read from their first offset because the broker's answer could not be confirmed."""
-    wanted = [TopicPartition(share.topic, p, share.since_ms) for p in share.partitions]
-    found = consumer.offsets_for_times(wanted, timeout=10)
-    marks = {
-        tp.partition: consumer.get_watermark_offsets(tp, timeout=10, cached=False) for tp in found
-    }
-    # -1: no record that recent, start at the end; clamp whatever else into the log.
-    offsets = {
-        tp.partition: min(
-            max(tp.offset if tp.offset >= 0 else marks[tp.partition][1], marks[tp.partition][0]),
-            marks[tp.partition][1],
-        )
-        for tp in found
-    }
-    reread = sorted(_unconfirmed(consumer, share, offsets, marks))
-    for partition in reread:
-        offsets[partition] = marks[partition][0]
-    consumer.assign([TopicPartition(share.topic, p, o) for p, o in sorted(offsets.items())])
-    return offsets, reread
-
-
-def _unconfirmed(
-    consumer: Consumer, share: _Share, offsets: dict[int, int], marks: dict
-) -> set[int]:
-    """Partitions whose answer is not confirmed by the record just before it.
-
-    A real Kafka answers exactly; Tansu answers an offset that can skip recent records.
-    The answer holds when the record before it is older than `since_ms`; otherwise (or
-    when that record cannot be read) the partition is read from its first offset.
-    """
-    check = {p: o - 1 for p, o in offsets.items() if o > marks[p][0]}
-    if not check:
-        return set()
-    consumer.assign([TopicPartition(share.topic, p, o) for p, o in check.items()])
-    wrong: set[int] = set()
-    deadline = time.monotonic() + 10
-    try:
-        while check and time.monotonic() < deadline:
-            for message in consumer.consume(1000, timeout=0.2):
-                partition = message.partition()
-                if message.error() is not None or check.get(partition) != message.offset():
-                    continue
-                del check[partition]
-                if message.timestamp()[1] >= share.since_ms:
-                    wrong.add(partition)
-    finally:
-        consumer.unassign()
-    return wrong | set(check)

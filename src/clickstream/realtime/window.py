@@ -19,6 +19,10 @@ Semantics, all times in integer milliseconds, window length `W`, arrival time `n
 - *Duplicates*: an event whose `messageid` is already visible (the same event read twice,
   e.g. re-read from another partition or after a restart) is counted in `duplicates` and
   shown once.
+- *Categories* are looked up when a snapshot is taken, not when a view arrives: the window
+  counts views per product, and `snapshot` sums them per category with the mapping it is
+  given, so a catalog change shows at once for every view in the window.
+- *Erasure*: `forget` removes a user's views from the window, as if they had never arrived.
 
 Cost: events are kept in buckets of one millisecond; a bucket's key goes on a deque when it
 is the newest so far (the usual case) and on a heap otherwise, so an event costs amortised
@@ -31,7 +35,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -62,7 +66,7 @@ class View(NamedTuple):
 
     messageid: str
     userid: str
-    category: str
+    product: str
     platform: str
     at_ms: int
 
@@ -115,7 +119,7 @@ class SlidingWindow:
         self._listed_ids: set[str] = set()
         self._changed: list[str] = []
         self._rebuild = False  # too many changed to place one by one: sort afresh
-        self._categories: dict[str, int] = {}
+        self._products: dict[str, int] = {}
         self._platforms: dict[str, int] = {}
         self._now_ms: int | None = None
 
@@ -129,12 +133,12 @@ class SlidingWindow:
         cutoff = now_ms - self.window_ms
         horizon = now_ms + self.max_skew_ms
         buckets, messageids = self._buckets, self._messageids
-        users, categories, platforms = self._users, self._categories, self._platforms
+        users, products, platforms = self._users, self._products, self._platforms
         in_order = self._in_order
         accepted = 0
         user_keys = self._user_keys
         for view in views:
-            messageid, userid, category, platform, at = view
+            messageid, userid, product, platform, at = view
             if at <= cutoff:
                 self.late += 1
                 continue
@@ -163,7 +167,7 @@ class SlidingWindow:
                 self._changed.append(userid)
             else:
                 users[userid] = seen + 1
-            categories[category] = categories.get(category, 0) + 1
+            products[product] = products.get(product, 0) + 1
             platforms[platform] = platforms.get(platform, 0) + 1
             accepted += 1
         self._note_many_changes()
@@ -190,10 +194,13 @@ class SlidingWindow:
             self._rebuild = True
 
     def _expire(self, at: int) -> None:
+        self._take_out(self._buckets.pop(at))
+
+    def _take_out(self, views: Iterable[View]) -> None:
         messageids = self._messageids
-        users, categories, platforms = self._users, self._categories, self._platforms
+        users, products, platforms = self._users, self._products, self._platforms
         user_keys = self._user_keys
-        for messageid, userid, category, platform, _ in self._buckets.pop(at):
+        for messageid, userid, product, platform, _ in views:
             messageids.discard(messageid)
             left = users[userid] - 1
             if left:
@@ -202,17 +209,47 @@ class SlidingWindow:
                 del users[userid]
                 del user_keys[userid]
                 self._changed.append(userid)
-            _remove(categories, category)
+            _remove(products, product)
             _remove(platforms, platform)
+        self._note_many_changes()
 
-    def snapshot(self, now_ms: int) -> Snapshot:
-        """The window as of `now_ms` (which expires what aged out by then)."""
+    @property
+    def users(self) -> list[str]:
+        """The users with a view in the window, in no particular order."""
+        return list(self._users)
+
+    def forget(self, users: Collection[str], until_ms: int) -> int:
+        """Take out every view of these users with an event time up to `until_ms` (their
+        erasure); return how many. It reads the whole window: erasures are rare."""
+        if not users or not any(user in self._users for user in users):
+            return 0
+        gone: list[View] = []
+        for at, bucket in self._buckets.items():
+            if at > until_ms:
+                continue
+            keep = [view for view in bucket if view[1] not in users]
+            if len(keep) != len(bucket):
+                gone += [view for view in bucket if view[1] in users]
+                bucket[:] = keep
+        self._take_out(gone)
+        return len(gone)
+
+    def snapshot(self, now_ms: int, category: Callable[[str], str] | None = None) -> Snapshot:
+        """The window as of `now_ms` (which expires what aged out by then), its products
+        counted per `category(product)` (without a mapping: per product)."""
         self.advance(now_ms)
+        if category is None:
+            categories = self._products
+        else:
+            categories = {}
+            for product, views in self._products.items():
+                name = category(product)
+                categories[name] = categories.get(name, 0) + views
         return Snapshot(
             as_of_ms=self._now_ms if self._now_ms is not None else now_ms,
             window_ms=self.window_ms,
             users=self._users_in_order(),
-            categories=ranked(self._categories),
+            categories=ranked(categories),
             platforms=ranked(self._platforms),
             views=len(self._messageids),
             late=self.late,

@@ -1,10 +1,12 @@
-"""Upsert of the product catalog with COPY."""
+"""Upsert of the product catalog with COPY; the live view is told when it changed."""
 
 from __future__ import annotations
 
 import psycopg
 
-__all__ = ["upsert_products"]
+__all__ = ["CHANNEL", "upsert_products"]
+
+CHANNEL = "clickstream_catalog"  # notified when a load changed the catalog
 
 
 def upsert_products(conn: psycopg.Connection, rows: list[tuple[str, str]]) -> int:
@@ -23,4 +25,7 @@ def upsert_products(conn: psycopg.Connection, rows: list[tuple[str, str]]) -> in
             " ON CONFLICT (productid) DO UPDATE SET categoryid = EXCLUDED.categoryid,"
             " updated_at = now() WHERE products.categoryid IS DISTINCT FROM EXCLUDED.categoryid"
         )
-        return cur.rowcount
+        changed = cur.rowcount
+        if changed:
+            cur.execute(f"NOTIFY {CHANNEL}")
+        return changed
