@@ -56,8 +56,6 @@ def run_demo(settings: Settings, *, duration: float, stop: threading.Event) -> i
     bootstrap = embedded.bootstrap_servers(settings)
     for service in embedded.status(settings):
         print(f"  {service.name:<9} {service.address}")
-    server = _serve(settings)
-    print(f"  dashboard {server.url}/  (the live 5-minute view; API docs at {server.url}/docs)")
 
     views_needed = int(VIEWS_PER_SECOND * duration) + 1
     orders_needed = int(ORDERS_PER_SECOND * duration) + 1
@@ -73,6 +71,9 @@ def run_demo(settings: Settings, *, duration: float, stop: threading.Event) -> i
     paths = write_dataset(dataset, out)
     print(f"generated {views_needed:,} views and {orders_needed:,} orders into {out}")
     _load_catalog(settings, paths["catalog"])
+    # The catalog before the server: the live view's first snapshot already has categories.
+    server = _serve(settings)
+    print(f"  dashboard {server.url}/  (the live 5-minute view; API docs at {server.url}/docs)")
 
     ingestor = Ingestor(settings, bootstrap)
     consumer = threading.Thread(target=ingestor.run, name="demo-consumer", daemon=True)

@@ -44,7 +44,11 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_load(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from clickstream.catalog import read_catalog
+    from clickstream.reports.hours import suffix
+    from clickstream.reports.scheduler import LATE_WINDOW, rereport
     from clickstream.retry import ONE_SHOT_ATTEMPTS, retrying
     from clickstream.store.catalog import upsert_products
     from clickstream.store.db import connect
@@ -64,6 +68,13 @@ def cmd_catalog_load(settings: Settings, args: argparse.Namespace) -> int:
         ):
             changed = upsert_products(conn, rows)
     print(f"loaded {len(rows):,} products from {args.file} ({changed:,} new or changed)")
+    if changed and not args.no_reports:
+        out = args.out or settings.reports_dir
+        with connect(settings, autocommit=True) as conn:
+            written = rereport(conn, out, datetime.now(UTC))
+        hours = ", ".join(suffix(summary.hour) for summary in written) or "none"
+        window = int(LATE_WINDOW.total_seconds() // 3600)
+        print(f"reported again into {out}, hours of the last {window} whose files changed: {hours}")
     return 0
 
 
@@ -143,9 +154,21 @@ def register(sub) -> None:
         cmd_catalog_load,
         "load a productid,categoryid CSV (upsert)",
         "Load a productid,categoryid CSV with a header line. New products are added, changed "
-        "ones move category. The file is validated first: one bad line and nothing is loaded.",
+        "ones move category. The file is validated first: one bad line and nothing is loaded. "
+        "The hours that `report --every-hour` wrote in the last 24 hours and that counted a "
+        "product added or moved are written again at once, and the live view shows the new "
+        "categories as soon as the load commits.",
     )
     p.add_argument("file", type=existing_file, metavar="FILE", help="the CSV file")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="where the scheduler writes the reports (default: reports_dir)",
+    )
+    p.add_argument(
+        "--no-reports", action="store_true", help="do not write the changed hours' reports again"
+    )
 
     p = command(
         sub,

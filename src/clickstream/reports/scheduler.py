@@ -9,9 +9,14 @@ Each pass (at start, then every `poll` seconds):
    leaves no holes. On its very first start it writes the last complete hour only; older
    hours are a `clickstream report --hour` backfill away.
 2. Late events. With each hour `report_runs` keeps how many views and order lines were
-   stored for it when it was written. Those totals only grow, so an hour reported within the
-   last `LATE_WINDOW` whose totals grew since has received late events: it is written again,
-   replacing its files. Events later than that are stored but not re-reported by themselves.
+   stored for it when it was written. An hour reported within the last `LATE_WINDOW` whose
+   totals changed since has received late events (or lost an erased user's): it is written
+   again, replacing its files. Events later than that are stored but not re-reported by
+   themselves.
+3. Catalog changes. An hour reported within `LATE_WINDOW` that counted a product whose
+   catalog entry was added or changed after the hour was written is written again, so its
+   files show the product under its category now. `clickstream catalog load` does the same
+   at once (`rereport`).
 
 One scheduler runs at a time per database (an advisory lock); a second one says so and exits.
 """
@@ -34,7 +39,14 @@ from clickstream.reports.queries import hour_totals
 from clickstream.store.db import connect
 from clickstream.store.faults import database_errors
 
-__all__ = ["LATE_WINDOW", "REPORT_DELAY", "due_hours", "report_pass", "run_every_hour"]
+__all__ = [
+    "LATE_WINDOW",
+    "REPORT_DELAY",
+    "due_hours",
+    "report_pass",
+    "rereport",
+    "run_every_hour",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +63,67 @@ def due_hours(last_reported: datetime | None, now: datetime, delay: timedelta) -
     return hours_between(first, newest)
 
 
-def _stale_hours(conn: psycopg.Connection, now: datetime) -> list[datetime]:
-    """Hours reported within LATE_WINDOW whose stored totals changed since."""
+# Hours reported since `since` that counted a product added to or moved in the catalog after
+# they were written. Products changed since the oldest of those runs are few: they are found
+# first, then looked up in the hours' counters by key.
+_CATALOG_CHANGED = """
+    WITH runs AS (SELECT hour, reported_at FROM report_runs WHERE hour >= %(since)s),
+    changed AS (
+        SELECT productid, updated_at FROM products
+        WHERE updated_at > (SELECT min(reported_at) FROM runs)
+    )
+    SELECT DISTINCT runs.hour FROM runs JOIN changed ON changed.updated_at > runs.reported_at
+    WHERE EXISTS (SELECT 1 FROM report_view_hours v
+                  WHERE v.hour = runs.hour AND v.productid = changed.productid)
+       OR EXISTS (SELECT 1 FROM report_order_hours o
+                  WHERE o.hour = runs.hour AND o.productid = changed.productid)
+"""
+
+
+def _stale_hours(conn: psycopg.Connection, now: datetime) -> dict[datetime, str]:
+    """Hours reported within LATE_WINDOW that changed since, with why."""
+    since = last_complete_hour(now) - LATE_WINDOW
     recorded = {
         hour: (views, lines)
         for hour, views, lines in conn.execute(
-            "SELECT hour, views, order_lines FROM report_runs WHERE hour >= %s",
-            (last_complete_hour(now) - LATE_WINDOW,),
+            "SELECT hour, views, order_lines FROM report_runs WHERE hour >= %s", (since,)
         )
     }
     if not recorded:
-        return []
+        return {}
+    stale = {
+        hour: "catalog changed"
+        for (hour,) in conn.execute(_CATALOG_CHANGED, {"since": since}).fetchall()
+    }
     current = hour_totals(conn, list(recorded))
-    return sorted(h for h, totals in current.items() if totals != recorded[h])
+    stale |= {h: "late events" for h, totals in current.items() if totals != recorded[h]}
+    return stale
+
+
+def _write_hour(
+    conn: psycopg.Connection, hour: datetime, out_dir: Path, why: str | None
+) -> ReportSummary:
+    """Write one hour and record it with the totals it saw and the time its read began."""
+    (started,) = conn.execute("SELECT clock_timestamp()").fetchone()
+    counts, totals = read_counts(conn, hour)
+    summary = write_counts(counts, hour, out_dir, totals)
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO report_runs (hour, views, order_lines, reported_at)"
+            " VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (hour) DO UPDATE SET views = excluded.views,"
+            " order_lines = excluded.order_lines, reported_at = excluded.reported_at",
+            (hour, *totals, started),
+        )
+    log.info(
+        "reported %s%s: %d categories, %d views and %d order lines stored",
+        suffix(hour),
+        f" again ({why})" if why else "",
+        summary.categories,
+        totals[0],
+        totals[1],
+    )
+    return summary
 
 
 def report_pass(
@@ -74,29 +134,16 @@ def report_pass(
     `conn` is in autocommit mode: each hour is read in its own snapshot.
     """
     last = conn.execute("SELECT max(hour) FROM report_runs").fetchone()[0]
-    hours = sorted(set(due_hours(last, now, delay)) | set(_stale_hours(conn, now)))
-    written = []
-    for hour in hours:
-        counts, totals = read_counts(conn, hour)
-        summary = write_counts(counts, hour, out_dir, totals)
-        with conn.transaction():
-            conn.execute(
-                "INSERT INTO report_runs (hour, views, order_lines) VALUES (%s, %s, %s)"
-                " ON CONFLICT (hour) DO UPDATE SET views = excluded.views,"
-                " order_lines = excluded.order_lines, reported_at = now()",
-                (hour, *totals),
-            )
-        again = " again (late events)" if last is not None and hour <= last else ""
-        log.info(
-            "reported %s%s: %d categories, %d views and %d order lines stored",
-            suffix(hour),
-            again,
-            summary.categories,
-            totals[0],
-            totals[1],
-        )
-        written.append(summary)
-    return written
+    stale = _stale_hours(conn, now)
+    hours = sorted(set(due_hours(last, now, delay)) | set(stale))
+    return [_write_hour(conn, hour, out_dir, stale.get(hour)) for hour in hours]
+
+
+def rereport(conn: psycopg.Connection, out_dir: Path, now: datetime) -> list[ReportSummary]:
+    """Write again the hours reported within LATE_WINDOW that changed since (catalog or
+    events), and only those; `conn` in autocommit mode."""
+    stale = _stale_hours(conn, now)
+    return [_write_hour(conn, hour, out_dir, stale[hour]) for hour in sorted(stale)]
 
 
 def run_every_hour(
