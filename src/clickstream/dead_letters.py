@@ -166,7 +166,8 @@ def replay(
     selection: store.Selection,
     on_progress: Callable[[int], None] = lambda n: None,
 ) -> ReplaySummary:
-    """Replay the pending dead letters of `selection`, a chunk per transaction."""
+    """Replay the pending dead letters of `selection`, a chunk per transaction (`conn` in
+    autocommit mode, so that each chunk commits on its own)."""
     summary = ReplaySummary()
     after = 0
     while True:

@@ -57,7 +57,7 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.store.db import connect
 
     selection = _selection(args)
-    with connect(settings) as conn:
+    with connect(settings, autocommit=True) as conn:
         counts = store.counts(conn, selection)
         entries = store.newest(conn, selection, args.limit)
     if args.json:
@@ -107,7 +107,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
     ids = tuple(args.id) if args.id else None
     selection = _selection(args, ids=ids)
-    with connect(settings) as conn:
+    with connect(settings, autocommit=True) as conn:
         if ids is not None:
             found = {e.id for e in store.newest(conn, selection, len(ids))}
             missing = sorted(set(ids) - found)
@@ -140,7 +140,7 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.store.db import connect
 
     selection = _selection(args, pending_only=True)
-    with connect(settings) as conn:
+    with connect(settings, autocommit=True) as conn:
         found = store.topics(conn, selection)
         if len(found) > 1:
             raise UsageError(

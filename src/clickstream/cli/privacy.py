@@ -49,7 +49,7 @@ def cmd_forget_user(settings: Settings, args: argparse.Namespace) -> int:
         print("nothing erased")
         return 1
     hashed = user_hash(settings.privacy_hash_key, args.user_id)
-    with connect(settings) as conn:
+    with connect(settings, autocommit=True) as conn:
         erasure = erase_user(conn, args.user_id, hashed)
     removed = ", ".join(f"{table} {n:,}" for table, n in erasure.rows_removed.items())
     print(f"erased user {printable(args.user_id)}: {erasure.total:,} rows removed ({removed})")
