@@ -11,6 +11,8 @@ from conftest import Pipeline
 
 from clickstream.dead_letters import ndjson_line
 from clickstream.printable import preview
+from clickstream.store.db import connect
+from clickstream.store.recompute import differences
 
 SMALL = 300  # ingest.max_event_bytes while the events arrive
 
@@ -75,6 +77,8 @@ def test_replay_stores_each_oversize_event_once_and_leaves_the_rest(arrived):
         "bad-utf8": None,
     }
     # the derived tables followed, as at ingest
+    with connect(p.settings, autocommit=True) as conn:
+        assert differences(conn) == []
     assert p.query("SELECT sum(views)::int, sum(viewers)::int FROM report_view_hours") == p.query(
         "SELECT count(*)::int, count(DISTINCT (userid, productid,"
         " date_trunc('hour', viewed_at, 'UTC')))::int FROM product_views"

@@ -24,6 +24,7 @@ from clickstream.reports.hourly import write_reports
 from clickstream.reports.hours import parse_hour
 from clickstream.store.catalog import upsert_products
 from clickstream.store.db import connect
+from clickstream.store.recompute import differences
 from clickstream.store.writer import write_batch
 
 KEY = "test-hash-key"
@@ -121,9 +122,10 @@ def test_forget_user_erases_everywhere_and_reports_equal_pandas_without_them(sto
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"erased user {GONE}: ")
 
-    with connect(p.settings) as conn:
+    with connect(p.settings, autocommit=True) as conn:
         assert holding(conn, GONE) == {}
         assert others(conn) == kept
+        assert differences(conn) == []  # every derived row is what the raw events give
         ((hashed, removed),) = conn.execute("SELECT user_hash, rows_removed FROM erasures")
     assert hashed == user_hash(KEY, GONE) != GONE
     assert {t: removed[t] for t in USER_TABLES} == before
