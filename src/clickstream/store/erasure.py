@@ -1,9 +1,10 @@
 """`clickstream forget-user`: a user's rows out of every table, their counts out of the
 report counters, and an audit row, in one transaction.
 
-The deletions and the counter updates are one statement, so they share one snapshot: a
-consumer batch that commits meanwhile is either wholly erased with its counts or wholly
-kept (it arrived after the erasure). Counters are decreased by exactly what was deleted:
+The deletions and the counter updates are one statement, so they share one snapshot: the
+rows a consumer batch commits meanwhile are not seen, and stay, as if they had arrived just
+after the erasure (a user still active can be erased again). Counters are decreased by
+exactly what was deleted, so a counter a batch raised meanwhile keeps that batch's part:
 the user's view events and order lines, and one distinct viewer or buyer per (hour,
 product) row of `user_product_hours` / `report_buyers` removed. A counter row left at zero
 is deleted, so a report rerun is the one computed as if the user had never existed.
