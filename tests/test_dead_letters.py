@@ -4,15 +4,19 @@ exported to fix by hand and sent back."""
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 
 import orjson
 import pytest
 from conftest import Pipeline
 
-from clickstream.dead_letters import ndjson_line
+from clickstream.dead_letters import ndjson_line, replay
+from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.printable import preview
 from clickstream.store.db import connect
+from clickstream.store.dead_letters import Selection
 from clickstream.store.recompute import differences
+from clickstream.store.writer import write_batch
 
 SMALL = 300  # ingest.max_event_bytes while the events arrive
 
@@ -205,3 +209,45 @@ def test_preview_escapes_whatever_the_bytes():
     assert preview(b"ok \\ \x1b[2J\xe2\x80\xae\xc5\x9f\xff", 64) == "ok \\\\ \\x1b[2J\\u202eş\\xff"
     assert preview(b"abcdef", 3) == "abc…"
     assert preview("ş".encode() * 2, 3) == "ş\\xc5…"
+
+
+def test_an_oversize_order_is_replayed_whole_with_its_counters(pipeline):
+    p = pipeline
+    order = orjson.dumps(
+        {
+            "event": "OrderEvent",
+            "messageid": "order-1",
+            "userid": "user-1",
+            "orderid": 7,
+            "lineitems": [{"productid": f"product-{i}", "quantity": 1} for i in range(40)],
+            "timestamp": "2026-11-24T13:30:00.000Z",
+        }
+    )
+    # the second has no timestamp of its own: the Kafka record's time, kept, is its time
+    unstamped = orjson.loads(order) | {"messageid": "order-2"}
+    del unstamped["timestamp"]
+    record_ms = int(datetime(2026, 11, 18, 8, 26, 40, tzinfo=UTC).timestamp() * 1000)
+    topic = p.settings.kafka_orders_topic
+    raw = [
+        RawEvent(Kind.ORDER, topic, 0, 0, order, None),
+        RawEvent(Kind.ORDER, topic, 0, 1, orjson.dumps(unstamped), record_ms),
+    ]
+    with connect(p.settings, autocommit=True) as conn:
+        write_batch(conn, clean_batch(raw, max_event_bytes=1000))
+        raised = dataclasses.replace(p.settings, ingest_max_event_bytes=65536)
+        summary = replay(conn, raised, Selection(reason="oversize"))
+        assert (summary.stored, summary.duplicate, summary.still_rejected) == (2, 0, {})
+        assert differences(conn) == []
+        again = replay(conn, raised, Selection(reason="oversize"))
+        assert again.total == 0
+    assert p.query(
+        "SELECT messageid, count(*)::int, min(ordered_at) = max(ordered_at),"
+        " to_char(min(ordered_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
+        " FROM order_lines GROUP BY 1 ORDER BY 1"
+    ) == [
+        ("order-1", 40, True, "2026-11-24 13:30:00"),
+        ("order-2", 40, True, "2026-11-18 08:26:40"),
+    ]
+    assert p.query("SELECT sum(order_lines)::int, sum(buyers)::int FROM report_order_hours") == [
+        (80, 80)
+    ]
