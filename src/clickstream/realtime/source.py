@@ -303,6 +303,9 @@ class RealtimeSource:
         if views:
             with self._lock:
                 if self._erased:
-                    views = self._not_erased(views)
+                    if max(self._erased.values()) <= now - self.window.window_ms:
+                        self._erased = {}  # older than the window: nothing left to hide
+                    else:
+                        views = self._not_erased(views)
                 self.window.add(views, now)
         self.received += received
