@@ -27,9 +27,10 @@ import orjson
 import psycopg
 
 from clickstream.config import Settings
-from clickstream.events import CleanBatch, Kind, RawEvent, clean_batch
+from clickstream.errors import RejectedByDatabase
+from clickstream.events import CleanBatch, Kind, RawEvent, Reason, clean_batch
 from clickstream.store import dead_letters as store
-from clickstream.store.db import is_outage
+from clickstream.store.faults import database_errors
 from clickstream.store.writer import write_batch
 
 __all__ = ["ExportSummary", "ReplaySummary", "export", "ndjson_line", "replay"]
@@ -98,25 +99,22 @@ def _messageid(payload: bytes) -> str | None:
 
 
 def _write(conn: psycopg.Connection, batch: CleanBatch, owners: dict[str, int]) -> dict[int, str]:
-    """Store the batch; an event the database refuses is written alone to find which."""
+    """Store the batch; when the database refuses its content, write each event alone to
+    find which (a fault of the database propagates: nothing of the chunk is committed)."""
     try:
-        write_batch(conn, batch)
-    except psycopg.Error as exc:
-        if is_outage(exc) or len(owners) == 1:
-            raise
+        with database_errors(writing_events=True):
+            write_batch(conn, batch)
+    except RejectedByDatabase as refused:
+        if len(owners) == 1:
+            (id_,) = owners.values()
+            return {id_: f"still-rejected: {Reason.REJECTED_BY_DATABASE}: {refused.detail}"}
         outcomes: dict[int, str] = {}
         for messageid, id_ in owners.items():
             one = CleanBatch(
                 views=[v for v in batch.views if v.messageid == messageid],
                 order_lines=[o for o in batch.order_lines if o.messageid == messageid],
             )
-            try:
-                outcomes |= _write(conn, one, {messageid: id_})
-            except psycopg.Error as refused:
-                if is_outage(refused):
-                    raise
-                detail = str(refused).strip().splitlines()[0]
-                outcomes[id_] = f"still-rejected: rejected-by-database: {detail}"
+            outcomes |= _write(conn, one, {messageid: id_})
         return outcomes
     new = _stored(conn, "product_views", [v.messageid for v in batch.views], now=True)
     new |= _stored(conn, "order_lines", list({o.messageid for o in batch.order_lines}), now=True)

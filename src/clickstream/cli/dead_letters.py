@@ -55,9 +55,13 @@ def _selection(args: argparse.Namespace, **extra):
 def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.store import dead_letters as store
     from clickstream.store.db import connect
+    from clickstream.store.faults import database_errors
 
     selection = _selection(args)
-    with connect(settings, autocommit=True) as conn:
+    with (
+        connect(settings, autocommit=True) as conn,
+        database_errors(role=conn.info.user, privileges="SELECT"),
+    ):
         counts = store.counts(conn, selection)
         entries = store.newest(conn, selection, args.limit)
     if args.json:
@@ -104,10 +108,14 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.dead_letters import CHUNK, replay
     from clickstream.store import dead_letters as store
     from clickstream.store.db import connect
+    from clickstream.store.faults import database_errors
 
     ids = tuple(args.id) if args.id else None
     selection = _selection(args, ids=ids)
-    with connect(settings, autocommit=True) as conn:
+    with (
+        connect(settings, autocommit=True) as conn,
+        database_errors(role=conn.info.user, privileges="SELECT, INSERT, UPDATE"),
+    ):
         if ids is not None:
             found = {e.id for e in store.newest(conn, selection, len(ids))}
             missing = sorted(set(ids) - found)
@@ -138,9 +146,13 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.dead_letters import export
     from clickstream.store import dead_letters as store
     from clickstream.store.db import connect
+    from clickstream.store.faults import database_errors
 
     selection = _selection(args, pending_only=True)
-    with connect(settings, autocommit=True) as conn:
+    with (
+        connect(settings, autocommit=True) as conn,
+        database_errors(role=conn.info.user, privileges="SELECT"),
+    ):
         found = store.topics(conn, selection)
         if len(found) > 1:
             raise UsageError(

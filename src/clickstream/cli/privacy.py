@@ -39,6 +39,7 @@ def cmd_forget_user(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.reports.hours import suffix
     from clickstream.store.db import connect
     from clickstream.store.erasure import erase_user
+    from clickstream.store.faults import database_errors
 
     if not settings.privacy_hash_key:
         raise UsageError(
@@ -49,7 +50,10 @@ def cmd_forget_user(settings: Settings, args: argparse.Namespace) -> int:
         print("nothing erased")
         return 1
     hashed = user_hash(settings.privacy_hash_key, args.user_id)
-    with connect(settings, autocommit=True) as conn:
+    with (
+        connect(settings, autocommit=True) as conn,
+        database_errors(role=conn.info.user, privileges="SELECT, INSERT, UPDATE, DELETE"),
+    ):
         erasure = erase_user(conn, args.user_id, hashed)
     removed = ", ".join(f"{table} {n:,}" for table, n in erasure.rows_removed.items())
     print(f"erased user {printable(args.user_id)}: {erasure.total:,} rows removed ({removed})")
