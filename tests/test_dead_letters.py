@@ -251,3 +251,25 @@ def test_an_oversize_order_is_replayed_whole_with_its_counters(pipeline):
     assert p.query("SELECT sum(order_lines)::int, sum(buyers)::int FROM report_order_hours") == [
         (80, 80)
     ]
+
+
+def test_an_event_the_database_refuses_on_replay_stays_pending_and_the_rest_is_stored(pipeline):
+    p = pipeline
+    topic = p.settings.kafka_views_topic
+    raw = [
+        RawEvent(Kind.VIEW, topic, 0, i, view(f"m-{i}", "user-1", product, padding=400), None)
+        for i, product in enumerate(["product-1", "refused", "product-2"])
+    ]
+    with connect(p.settings, autocommit=True) as conn:
+        write_batch(conn, clean_batch(raw, max_event_bytes=SMALL))
+        conn.execute(
+            "ALTER TABLE product_views ADD CONSTRAINT no_refused CHECK (productid <> 'refused')"
+        )
+        raised = dataclasses.replace(p.settings, ingest_max_event_bytes=65536)
+        summary = replay(conn, raised, Selection(reason="oversize"))
+        assert (summary.stored, summary.still_rejected) == (2, {"rejected-by-database": 1})
+        assert differences(conn) == []
+    assert p.query("SELECT messageid FROM product_views ORDER BY 1") == [("m-0",), ("m-2",)]
+    (outcome,) = p.query('SELECT replay_outcome FROM dead_letters WHERE "offset" = 1')[0]
+    assert outcome.startswith("still-rejected: rejected-by-database: ")
+    assert "no_refused" in outcome
