@@ -242,7 +242,10 @@ def test_unknown_keys_are_rejected_by_name_with_the_closest_known_one(
             "CLICKSTREAM_DATABASE_URI",
             "unknown setting CLICKSTREAM_DATABASE_URI; did you mean CLICKSTREAM_DATABASE_URL?",
         ),
-        ("CLICKSTREAM_CONFIGG", "unknown setting CLICKSTREAM_CONFIGG; did you mean CLICKSTREAM_CONFIG?"),
+        (
+            "CLICKSTREAM_CONFIGG",
+            "unknown setting CLICKSTREAM_CONFIGG; did you mean CLICKSTREAM_CONFIG?",
+        ),
         ("CLICKSTREAM_FOO", "unknown setting CLICKSTREAM_FOO (the README lists every setting)"),
     ],
 )

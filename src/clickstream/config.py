@@ -56,11 +56,12 @@ def _bootstrap_servers(value: Any) -> str | None:
     text = _optional_text(value)
     if text is None:
         return None
-    for entry in text.split(","):
-        match = _BROKER.fullmatch(entry.strip())
+    entries = [entry.strip() for entry in text.split(",")]
+    for entry in entries:
+        match = _BROKER.fullmatch(entry)
         if match is None or not 1 <= int(match.group(1)) <= 65535:
-            raise ValueError(f"expected host:port[,host:port...]; {entry.strip()!r} is not host:port")
-    return ",".join(entry.strip() for entry in text.split(","))
+            raise ValueError(f"expected host:port[,host:port...]; {entry!r} is not host:port")
+    return ",".join(entries)
 
 
 def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
@@ -256,6 +257,7 @@ def _unknown(name: str, known: Iterable[str], origin: str | None = None) -> Conf
 
     In a file the names are quoted after the file's name; variables are named bare.
     """
+
     def bare(text: str) -> str:  # the common prefix would make every variable look close
         return text.removeprefix(ENV_PREFIX)
 
