@@ -208,6 +208,12 @@ SETTINGS: tuple[Setting, ...] = (
         2,
         "processes that read and clean the live view's events, each a share of the partitions",
     ),
+    Setting(
+        "realtime.max_streams",
+        _int_at_least(1, 100_000),
+        100,
+        "push streams (/api/realtime/stream) one server process keeps open; more get 503",
+    ),
     Setting("demo.duration", _positive_float, 120.0, "seconds `clickstream demo` runs"),
 )
 
@@ -236,6 +242,7 @@ class Settings:
     api_key: str | None
     realtime_window_seconds: int
     realtime_readers: int
+    realtime_max_streams: int
     demo_duration: float
     source: str = field(default="defaults", compare=False)
 
