@@ -19,6 +19,7 @@ from pathlib import Path
 
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError, ServiceDown
+from clickstream.redact import redact
 
 __all__ = [
     "ServiceStatus",
@@ -220,20 +221,10 @@ def status(settings: Settings) -> list[ServiceStatus]:
     else:
         result.append(
             ServiceStatus(
-                "database", True, _redact(settings.database_url or ""), "external PostgreSQL"
+                "database", True, redact(settings.database_url or ""), "external PostgreSQL"
             )
         )
     return result
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a connection URL before printing it."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
 
 
 def bootstrap_servers(settings: Settings) -> str:
