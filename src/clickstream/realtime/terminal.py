@@ -38,7 +38,8 @@ def sparkline(values: list[int]) -> str:
 
 def _bars(rows: list[tuple[str, int]], limit: int, colour: str) -> Table:
     table = Table.grid(padding=(0, 1), expand=True)
-    table.add_column(no_wrap=True, max_width=24)
+    # min_width: a name of zero cells (a lone combining mark) would otherwise lose its column
+    table.add_column(no_wrap=True, min_width=1, max_width=24)
     table.add_column(ratio=1, no_wrap=True)
     table.add_column(justify="right", no_wrap=True)
     top = max((n for _, n in rows), default=1)

@@ -114,8 +114,8 @@ def _postmaster(pgdata: Path) -> psutil.Process | None:
     if process is None:
         return None
     try:
-        # postmaster.pid records the start time in whole seconds
-        same = abs(process.create_time() - info.start_time.timestamp()) < 2
+        # postmaster.pid records, in whole seconds, when the server began starting up
+        same = abs(process.create_time() - info.start_time.timestamp()) < 5
     except psutil.Error:
         return None
     return process if same else None
