@@ -29,6 +29,7 @@ import schemathesis
 from conftest import fresh_database, settings_env
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
+from psycopg import conninfo
 
 from clickstream.api.app import create_app
 from clickstream.api.coalesce import Coalescer
@@ -294,7 +295,11 @@ def test_no_api_key_by_default(api):
 def test_healthz_reports_database_and_broker(api):
     reply = get(api, "/healthz")
     assert reply.status == 200
-    assert reply.json["database"]["ok"] and reply.json["broker"]["ok"]
+    assert reply.json == {
+        "status": "ok",
+        "database": {"status": "ok"},
+        "broker": {"status": "ok"},
+    }
 
 
 def test_healthz_is_503_while_the_database_is_down_and_the_rest_still_answers(
@@ -317,8 +322,11 @@ def test_healthz_is_503_while_the_database_is_down_and_the_rest_still_answers(
 
     health = get(server, "/healthz")
     assert health.status == 503
-    assert health.json["database"]["ok"] is False
-    assert health.json["broker"]["ok"] is True
+    assert health.json == {
+        "status": "unavailable",
+        "database": {"status": "unavailable"},
+        "broker": {"status": "ok"},
+    }
     lookup = get(server, "/api/users/u/recently-viewed")
     assert (lookup.status, lookup.content_type) == (503, "application/json")
     assert "Traceback" not in lookup.text
@@ -333,9 +341,34 @@ def test_healthz_is_503_while_the_broker_is_down(services, empty_database, serve
     server = serve(settings)
     health = get(server, "/healthz")
     assert health.status == 503
-    assert health.json["broker"]["ok"] is False
-    assert health.json["database"]["ok"] is True
+    assert health.json == {
+        "status": "unavailable",
+        "database": {"status": "ok"},
+        "broker": {"status": "unavailable"},
+    }
     assert get(server, "/api/users/u/recently-viewed").status == 200
+
+
+def test_healthz_gives_reasons_only_to_a_request_with_the_api_key(services, empty_database, serve):
+    password_url = conninfo.make_conninfo(empty_database, password="s3cret-pw")
+    settings = dataclasses.replace(
+        services,
+        database_url=password_url,
+        kafka_bootstrap_servers="127.0.0.1:9",
+        api_key="the-key",
+    )
+    server = serve(settings)
+    for headers in ({}, {"X-API-Key": "wrong"}):
+        health = get(server, "/healthz", headers)
+        assert health.status == 503
+        assert "detail" not in health.json["broker"], headers
+        assert "127.0.0.1:9" not in health.text and "Kafka" not in health.text
+    health = get(server, "/healthz", {"X-API-Key": "the-key"})
+    assert health.status == 503
+    assert health.json["database"] == {"status": "ok", "detail": "reachable"}
+    assert health.json["broker"]["status"] == "unavailable"
+    assert health.json["broker"]["detail"].startswith("cannot reach the broker at 127.0.0.1:9: ")
+    assert "s3cret-pw" not in health.text
 
 
 # -- property-based: the app against its own OpenAPI document -----------------------------

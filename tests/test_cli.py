@@ -185,16 +185,46 @@ def test_a_bad_argument_is_one_line_on_stderr_and_exit_2(
     assert result.stdout == ""
 
 
-def test_a_bad_setting_is_one_line_naming_it(fresh):
+def test_a_bad_setting_is_one_line_naming_it_and_exit_2(fresh):
     result = run_cli(fresh, "status", env_update={"CLICKSTREAM_KAFKA_PARTITIONS": "zero"})
-    line = assert_one_line_error(result, 1)
+    line = assert_one_line_error(result, 2)
     assert "CLICKSTREAM_KAFKA_PARTITIONS='zero'" in line
 
 
-def test_a_missing_config_file_is_one_line(fresh, tmp_path):
+def test_a_missing_config_file_is_one_line_and_exit_2(fresh, tmp_path):
     result = run_cli(fresh, "--config", str(tmp_path / "nope.yml"), "status")
-    line = assert_one_line_error(result, 1)
+    line = assert_one_line_error(result, 2)
     assert "nope.yml does not exist" in line
+
+
+def test_a_bad_key_in_the_config_file_is_one_line_and_exit_2(fresh, tmp_path):
+    config = tmp_path / "typo.yml"
+    config.write_text("api:\n  prot: 8080\n")
+    result = run_cli(fresh, "--config", str(config), "status")
+    line = assert_one_line_error(result, 2)
+    assert line == (
+        f"clickstream: error: {config}: unknown setting 'api.prot'; did you mean 'api.port'?"
+    )
+
+
+def test_a_misspelt_variable_is_one_line_naming_the_right_one_and_exit_2(fresh):
+    result = run_cli(
+        fresh, "consume", env_update={"CLICKSTREAM_KAFKA_BOOTSTRAP_SERVER": "kafka:9092"}
+    )
+    line = assert_one_line_error(result, 2)
+    assert line == (
+        "clickstream: error: unknown setting CLICKSTREAM_KAFKA_BOOTSTRAP_SERVER;"
+        " did you mean CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS?"
+    )
+
+
+def test_a_bootstrap_that_is_not_host_port_is_one_line_and_exit_2(fresh):
+    result = run_cli(
+        fresh, "consume", env_update={"CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS": "not a host:port:"}
+    )
+    line = assert_one_line_error(result, 2)
+    assert "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS='not a host:port:'" in line
+    assert "expected host:port[,host:port...]" in line
 
 
 # -- services down -----------------------------------------------------------------------------
@@ -215,6 +245,27 @@ def test_a_command_needing_services_says_to_run_up_when_they_are_down(
     result = run_cli(fresh, *[a.format(ndjson=ndjson, catalog_csv=catalog_csv) for a in args])
     line = assert_one_line_error(result, 1)
     assert "run `clickstream up`" in line
+
+
+def test_consume_against_a_closed_port_is_one_line_and_exit_1(fresh):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run_cli(
+        fresh,
+        "consume",
+        env_update={
+            "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+            "CLICKSTREAM_DATABASE_URL": f"postgresql://u@127.0.0.1:{port}/db",
+        },
+    )
+    line = assert_one_line_error(result, 1)
+    assert line == (
+        f"clickstream: error: cannot reach the Kafka broker at 127.0.0.1:{port}:"
+        f" Connect to ipv4#127.0.0.1:{port} failed: Connection refused"
+    )
 
 
 def test_status_exits_3_and_says_stopped_when_nothing_runs(fresh):

@@ -204,19 +204,96 @@ def test_a_good_variable_overrides_a_bad_value_in_the_file(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("yaml_text", "unknown"),
+    ("yaml_text", "unknown", "hint"),
     [
-        ("kafka:\n  bootstrap_server: k:9092\n", "kafka.bootstrap_server"),
-        ("kakfa:\n  partitions: 2\n", "kakfa"),
-        ("batch_size: 10\n", "batch_size"),
-        ("ingest:\n  batch_size: 10\n  batchsize: 10\n", "ingest.batchsize"),
+        (
+            "kafka:\n  bootstrap_server: k:9092\n",
+            "kafka.bootstrap_server",
+            "; did you mean 'kafka.bootstrap_servers'?",
+        ),
+        ("kakfa:\n  partitions: 2\n", "kakfa", "; did you mean 'kafka'?"),
+        ("batch_size: 10\n", "batch_size", "; did you mean 'ingest.batch_size'?"),
+        ("colour: blue\n", "colour", " (the README lists every setting)"),
+        (
+            "ingest:\n  batch_size: 10\n  batchsize: 10\n",
+            "ingest.batchsize",
+            "; did you mean 'ingest.batch_size'?",
+        ),
     ],
 )
-def test_unknown_keys_are_rejected_by_name(tmp_path, yaml_text, unknown):
+def test_unknown_keys_are_rejected_by_name_with_the_closest_known_one(
+    tmp_path, yaml_text, unknown, hint
+):
     path = write(tmp_path / "typo.yml", yaml_text)
     with pytest.raises(ConfigError) as caught:
         load_settings(path, env={})
-    assert str(caught.value) == f"{path}: unknown setting '{unknown}'"
+    assert str(caught.value) == f"{path}: unknown setting '{unknown}'{hint}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        (
+            "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVER",
+            "unknown setting CLICKSTREAM_KAFKA_BOOTSTRAP_SERVER;"
+            " did you mean CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS?",
+        ),
+        (
+            "CLICKSTREAM_DATABASE_URI",
+            "unknown setting CLICKSTREAM_DATABASE_URI; did you mean CLICKSTREAM_DATABASE_URL?",
+        ),
+        (
+            "CLICKSTREAM_CONFIGG",
+            "unknown setting CLICKSTREAM_CONFIGG; did you mean CLICKSTREAM_CONFIG?",
+        ),
+        ("CLICKSTREAM_FOO", "unknown setting CLICKSTREAM_FOO (the README lists every setting)"),
+    ],
+)
+def test_an_unknown_clickstream_variable_is_an_error_naming_the_closest_one(variable, message):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={variable: "x", "CLICKSTREAM_KAFKA_PARTITIONS": "2"})
+    assert str(caught.value) == message
+
+
+def test_the_config_variable_is_a_known_one(tmp_path):
+    path = write(tmp_path / "c.yml", "kafka:\n  partitions: 3\n")
+    assert load_settings(env={"CLICKSTREAM_CONFIG": str(path)}).kafka_partitions == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("kafka:9092", "kafka:9092"),
+        (" kafka-1:9092 , kafka-2.example.com:9093 ", "kafka-1:9092,kafka-2.example.com:9093"),
+        ("10.0.0.7:9092,[::1]:9092", "10.0.0.7:9092,[::1]:9092"),
+        ("PLAINTEXT://broker_1:29092", "PLAINTEXT://broker_1:29092"),
+    ],
+)
+def test_bootstrap_servers_take_host_port_lists(value, expected):
+    settings = load_settings(env={"CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS": value})
+    assert settings.kafka_bootstrap_servers == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "entry"),
+    [
+        ("not a host:port:", "not a host:port:"),
+        ("kafka", "kafka"),
+        ("kafka:", "kafka:"),
+        ("kafka:0", "kafka:0"),
+        ("kafka:9092,kafka:70000", "kafka:70000"),
+        ("kafka:9092,", ""),
+        (":9092", ":9092"),
+        ("kafka:port", "kafka:port"),
+    ],
+)
+def test_bad_bootstrap_servers_are_rejected_when_settings_load(value, entry):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={"CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS": value})
+    assert str(caught.value) == (
+        f"CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS={value!r}:"
+        f" expected host:port[,host:port...]; {entry!r} is not host:port"
+    )
 
 
 def test_a_section_that_is_not_a_mapping_is_rejected(tmp_path):

@@ -7,6 +7,7 @@ and change by itself when new events arrive. A screenshot lands in test-artifact
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import httpx
 import orjson
 import pytest
 from conftest import missing_dependency
+from hypothesis import strategies as st
 
 from clickstream.api.server import run_in_background
 from clickstream.store.catalog import upsert_products
@@ -149,5 +151,161 @@ def test_the_dashboard_loads_nothing_from_elsewhere(pipeline):
             assert asset.status_code == 200, name
             assert "https://" not in asset.text, name
         assert httpx.get(f"{server.url}/static/..%2Fapp.py", timeout=5).status_code == 404
+    finally:
+        server.stop()
+
+
+# -- names from events are text, never markup ---------------------------------------------
+
+HOSTILE = [
+    '<img src=x onerror="window.pwned=1">',
+    "<script>window.pwned=1</script>",
+    "</li><li>x",
+    "\"'><b>bold</b>",
+    "&amp; &lt;",
+    "[/]",
+    "[red]ios",
+    "${1+1}",
+    "__proto__",
+    "🛒🇹🇷 shop",
+    "a-very-long-category-name-🛒-that-is-cut",
+]
+
+INJECTED = """() => ({
+    scripts: document.scripts.length,
+    images: document.images.length,
+    bold: document.querySelectorAll("main b").length,
+    pwned: window.pwned === undefined ? null : window.pwned,
+    nested: [...document.querySelectorAll("#users-list li, #platforms .name")].filter(
+        (node) => node.children.length).length,
+})"""
+
+WHAT_IS_WRITTEN = """() => ({
+    users: [...document.querySelectorAll("#users-list li")].map((li) => li.textContent),
+    titles: [...document.querySelectorAll("#categories [data-category] title")].map(
+        (t) => t.textContent),
+    labels: [...document.querySelectorAll("#categories [data-category] text:first-of-type")].map(
+        (t) => t.textContent),
+    platforms: [...document.querySelectorAll("#platforms .name")].map((s) => s.textContent),
+})"""
+
+
+FRAGMENTS = ["<b>", "</", "<script>", "<img src=x onerror=window.pwned=1>", "&amp;", "&#60;"]
+FRAGMENTS += ["[/]", "[red]", '"', "'", "`", "${x}", "\\", "🛒", "\u202e", "\x00", "\n"]
+# Any text, and above all the pieces that would change meaning if they were read as markup.
+NAMES = (
+    st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=4), min_size=1, max_size=6)
+    .map("".join)
+    .filter(bool)
+)
+
+
+def label(name: str) -> str:
+    """The bar's label: the category, cut to 17 code points and an ellipsis past 18."""
+    return name if len(name) <= 18 else name[:17] + "…"
+
+
+def written(snapshot: dict) -> dict:
+    """What the page must write for a snapshot of the API, as text."""
+    return {
+        "users": snapshot["active_users"]["users"],
+        "titles": [f"{c['category']}: {c['views']:,} views" for c in snapshot["categories"]],
+        "labels": [label(c["category"]) for c in snapshot["categories"]],
+        "platforms": [p["platform"] for p in snapshot["platforms"]],
+    }
+
+
+def browser_page(playwright):
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+    )
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    return browser, page, problems
+
+
+def test_hostile_names_from_events_and_the_catalog_are_shown_as_text(pipeline):
+    from playwright.sync_api import sync_playwright
+
+    with connect(pipeline.settings) as conn:
+        upsert_products(conn, [(f"product-{i}", name) for i, name in enumerate(HOSTILE)])
+    views = [(f"user-{name}", f"product-{i}", name) for i, name in enumerate(HOSTILE)]
+    pipeline.produce_views(lines(*views))
+    server = run_in_background(pipeline.settings, port=0)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            body = httpx.get(f"{server.url}/api/realtime", timeout=5).json()
+            if body["active_users"]["count"] == len(HOSTILE) and not body["catching_up"]:
+                break
+            time.sleep(0.2)
+        assert body["active_users"]["count"] == len(HOSTILE), body
+        with sync_playwright() as playwright:
+            browser, page, problems = browser_page(playwright)
+            try:
+                page.goto(server.url + "/")
+                shown = wait_until_page_shows(page, server.url, body["active_users"]["users"])
+                assert sorted(shown["users"]) == sorted(user for user, _, _ in views)
+                assert page.evaluate(WHAT_IS_WRITTEN) == written(body)
+                assert page.evaluate(INJECTED) == {
+                    "scripts": 1,
+                    "images": 0,
+                    "bold": 0,
+                    "pwned": None,
+                    "nested": 0,
+                }
+                assert problems == []
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+
+
+def test_any_string_as_a_name_reaches_the_dashboard_as_text(pipeline):
+    """Generated names, control characters included, drawn by the page's own stream handler
+    from the API's own JSON; the real stream is held back so that only these are drawn."""
+    from hypothesis import given
+    from hypothesis import settings as hypothesis_settings
+    from playwright.sync_api import sync_playwright
+
+    from clickstream.api.realtime import render
+    from clickstream.realtime.source import LiveState
+    from clickstream.realtime.window import SlidingWindow
+
+    server = run_in_background(pipeline.settings, port=0)
+    try:
+        with sync_playwright() as playwright:
+            browser, page, problems = browser_page(playwright)
+            try:
+                page.route("**/api/realtime/stream", lambda route: route.fulfill(status=204))
+                page.goto(server.url + "/")
+                page.wait_for_function("typeof handle === 'function'")
+
+                @hypothesis_settings(max_examples=12, deadline=None, database=None)
+                @given(names=st.lists(NAMES, min_size=1, max_size=4))
+                def check(names: list[str]) -> None:
+                    window = SlidingWindow(300_000)
+                    at = 1_800_000_000_000
+                    window.add([(f"m-{i}", n, n, n, at) for i, n in enumerate(names)], at)
+                    state = LiveState(window.snapshot(at), False, True, len(names))
+                    body = render(state)
+                    page.evaluate(
+                        "block => handle(block)", "event: snapshot\ndata: " + body.decode()
+                    )
+                    assert page.evaluate(WHAT_IS_WRITTEN) == written(orjson.loads(body))
+                    assert page.evaluate(INJECTED)["nested"] == 0
+
+                check()
+                assert page.evaluate(INJECTED) == {
+                    "scripts": 1,
+                    "images": 0,
+                    "bold": 0,
+                    "pwned": None,
+                    "nested": 0,
+                }
+                assert problems == []
+            finally:
+                browser.close()
     finally:
         server.stop()

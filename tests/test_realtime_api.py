@@ -3,6 +3,7 @@ server's live window read back over HTTP, exact after a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
@@ -12,6 +13,7 @@ import httpx
 import orjson
 from confluent_kafka import Producer
 
+from clickstream.api.broadcast import Broadcast
 from clickstream.api.server import BackgroundServer, run_in_background
 from clickstream.events import format_timestamp
 from clickstream.realtime.source import NOT_IN_CATALOG
@@ -177,5 +179,87 @@ def test_the_push_stream_sends_a_snapshot_every_second(pipeline):
         gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
         assert all(0.5 < gap < 2.5 for gap in gaps), gaps
         assert set(snapshots[0]) >= {"window_seconds", "as_of", "active_users", "categories"}
+    finally:
+        server.stop()
+
+
+def test_one_rendering_serves_every_open_stream():
+    """Ten streams, three frames each: all ten send frames 1, 2 and 3 of the one renderer
+    (rendered per stream, they would see thirty different numbers)."""
+
+    async def scenario():
+        rendered: list[int] = []
+
+        def render() -> bytes:
+            rendered.append(len(rendered) + 1)
+            return str(rendered[-1]).encode()
+
+        streams = Broadcast(render, limit=10, period=0.01)
+        assert all(streams.join() for _ in range(10))
+        assert not streams.join(), "an eleventh stream is over the limit"
+
+        async def take(count: int) -> list[bytes]:
+            frames = []
+            async for frame in streams.frames():
+                frames.append(frame)
+                if len(frames) == count:
+                    return frames
+            return frames
+
+        sent = await asyncio.gather(*(take(3) for _ in range(10)))
+        for _ in range(10):
+            streams.leave()
+        assert streams.join(), "a place given back can be taken again"
+        await streams.close()
+        return sent
+
+    assert asyncio.run(scenario()) == [[b"1", b"2", b"3"]] * 10
+
+
+def next_snapshot(lines) -> dict:
+    """The next snapshot of a stream's lines. (Leaving httpx's line iterator early would
+    close the stream: callers keep one iterator per stream.)"""
+    for line in lines:
+        if line.startswith("data: "):
+            return orjson.loads(line[6:])
+    raise AssertionError("the stream ended without a snapshot")
+
+
+def test_streams_beyond_realtime_max_streams_get_503_until_one_closes(pipeline):
+    settings = dataclasses.replace(pipeline.settings, realtime_max_streams=2)
+    server = run_in_background(settings, port=0)
+    url = f"{server.url}/api/realtime/stream"
+    try:
+        with httpx.Client(timeout=10) as one, httpx.Client(timeout=10) as two:
+            with one.stream("GET", url) as first, two.stream("GET", url) as second:
+                assert first.status_code == second.status_code == 200
+                first_lines, second_lines = first.iter_lines(), second.iter_lines()
+                assert next_snapshot(first_lines)["window_seconds"] == 300
+                assert next_snapshot(second_lines)["window_seconds"] == 300
+                refused = httpx.get(url, timeout=10)
+                assert refused.status_code == 503
+                assert refused.headers["content-type"] == "application/json"
+                assert refused.headers["retry-after"] == "10"
+                assert refused.json()["error"] == (
+                    "2 live streams are open, the most this server serves"
+                    " (realtime.max_streams): retry later, or read GET /api/realtime"
+                )
+                assert httpx.get(f"{server.url}/api/realtime", timeout=10).status_code == 200
+                # the two streams carry on, sending the same frames (rendered once for both,
+                # their "as_of" would differ): of three each, those of a same second are equal
+                firsts = [next_snapshot(first_lines) for _ in range(3)]
+                seconds = [next_snapshot(second_lines) for _ in range(3)]
+                assert [s for s in seconds if s in firsts], (firsts, seconds)
+            # both closed: the server notices at its next frame and gives the places back
+            deadline = time.monotonic() + 15
+            statuses = []
+            while time.monotonic() < deadline:
+                with one.stream("GET", url) as again, two.stream("GET", url) as also:
+                    statuses = [again.status_code, also.status_code]
+                    if statuses == [200, 200]:
+                        assert next_snapshot(again.iter_lines())["window_seconds"] == 300
+                        break
+                time.sleep(0.5)
+            assert statuses == [200, 200]
     finally:
         server.stop()

@@ -7,8 +7,10 @@ defaults below, the YAML file, the environment.
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from clickstream.errors import ConfigError
 __all__ = ["SETTINGS", "Setting", "Settings", "load_settings"]
 
 ENV_PREFIX = "CLICKSTREAM_"
+CONFIG_ENV = "CLICKSTREAM_CONFIG"
 
 
 def _default_data_dir() -> str:
@@ -38,6 +41,27 @@ def _optional_text(value: Any) -> str | None:
         return None
     text = _text(value)
     return text or None
+
+
+# host:port, the host a name, an IPv4 address or a bracketed IPv6 one; librdkafka also takes
+# a listener prefix such as PLAINTEXT://.
+_BROKER = re.compile(
+    r"(?:[A-Za-z_]+://)?(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])"
+    r":(\d{1,5})"
+)
+
+
+def _bootstrap_servers(value: Any) -> str | None:
+    """Checked here, because librdkafka takes any string and then retries it forever."""
+    text = _optional_text(value)
+    if text is None:
+        return None
+    entries = [entry.strip() for entry in text.split(",")]
+    for entry in entries:
+        match = _BROKER.fullmatch(entry)
+        if match is None or not 1 <= int(match.group(1)) <= 65535:
+            raise ValueError(f"expected host:port[,host:port...]; {entry!r} is not host:port")
+    return ",".join(entries)
 
 
 def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
@@ -114,7 +138,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("reports_dir", _text, "reports", "where the hourly CSV reports are written"),
     Setting(
         "kafka.bootstrap_servers",
-        _optional_text,
+        _bootstrap_servers,
         None,
         "Kafka bootstrap servers; empty means the embedded Tansu broker",
     ),
@@ -184,6 +208,12 @@ SETTINGS: tuple[Setting, ...] = (
         2,
         "processes that read and clean the live view's events, each a share of the partitions",
     ),
+    Setting(
+        "realtime.max_streams",
+        _int_at_least(1, 100_000),
+        100,
+        "push streams (/api/realtime/stream) one server process keeps open; more get 503",
+    ),
     Setting("demo.duration", _positive_float, 120.0, "seconds `clickstream demo` runs"),
     Setting(
         "privacy.hash_key",
@@ -218,6 +248,7 @@ class Settings:
     api_key: str | None
     realtime_window_seconds: int
     realtime_readers: int
+    realtime_max_streams: int
     demo_duration: float
     privacy_hash_key: str | None = None
     source: str = field(default="defaults", compare=False)
@@ -235,6 +266,24 @@ class Settings:
         return self.database_url is None
 
 
+def _unknown(name: str, known: Iterable[str], origin: str | None = None) -> ConfigError:
+    """An unknown setting is a typo more often than not: name the closest known one.
+
+    In a file the names are quoted after the file's name; variables are named bare.
+    """
+
+    def bare(text: str) -> str:  # the common prefix would make every variable look close
+        return text.removeprefix(ENV_PREFIX)
+
+    by_bare = {bare(k): k for k in known}
+    close = [by_bare[c] for c in difflib.get_close_matches(bare(name), sorted(by_bare), n=1)]
+    if origin is None:
+        hint = f"; did you mean {close[0]}?" if close else " (the README lists every setting)"
+        return ConfigError(f"unknown setting {name}{hint}")
+    hint = f"; did you mean '{close[0]}'?" if close else " (the README lists every setting)"
+    return ConfigError(f"{origin}: unknown setting '{name}'{hint}")
+
+
 def _flatten(document: Mapping[str, Any], origin: str) -> dict[str, Any]:
     known = {s.key for s in SETTINGS}
     sections = {k.split(".")[0] for k in known if "." in k}
@@ -248,13 +297,21 @@ def _flatten(document: Mapping[str, Any], origin: str) -> dict[str, Any]:
             for sub, subvalue in value.items():
                 key = f"{name}.{sub}"
                 if key not in known:
-                    raise ConfigError(f"{origin}: unknown setting '{key}'")
+                    raise _unknown(key, known, origin)
                 flat[key] = subvalue
         elif name in known:
             flat[name] = value
         else:
-            raise ConfigError(f"{origin}: unknown setting '{name}'")
+            raise _unknown(str(name), known | sections, origin)
     return flat
+
+
+def _check_variables(env: Mapping[str, str]) -> None:
+    """A misspelt CLICKSTREAM_* variable would otherwise be silently ignored."""
+    known = {s.env for s in SETTINGS} | {CONFIG_ENV}
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            raise _unknown(name, known)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -277,10 +334,10 @@ def _config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         return path
-    if env.get("CLICKSTREAM_CONFIG"):
-        path = Path(env["CLICKSTREAM_CONFIG"])
+    if env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
         if not path.is_file():
-            raise ConfigError(f"CLICKSTREAM_CONFIG={path} does not exist")
+            raise ConfigError(f"{CONFIG_ENV}={path} does not exist")
         return path
     local = Path("config.yml")
     return local if local.is_file() else None
@@ -292,6 +349,7 @@ def load_settings(
 ) -> Settings:
     """Build the settings; raise ConfigError naming the offending key and value."""
     env = os.environ if env is None else env
+    _check_variables(env)
     path = _config_path(config_file, env)
     from_file = _read_yaml(path) if path else {}
     values: dict[str, Any] = {}

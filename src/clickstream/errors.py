@@ -36,12 +36,12 @@ class ClickstreamError(Exception):
     """Base of every error the CLI turns into a one-line message."""
 
 
-class ConfigError(ClickstreamError):
-    """A setting in config.yml or a CLICKSTREAM_* variable has a bad value."""
-
-
 class UsageError(ClickstreamError):
     """A command was given arguments it cannot work with (exit code 2)."""
+
+
+class ConfigError(UsageError):
+    """A setting in config.yml or a CLICKSTREAM_* variable is unknown or has a bad value."""
 
 
 class ServiceDown(ClickstreamError):

@@ -31,6 +31,10 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.resources = resources
             resources.push_async_callback(app.state.database.close)
             app.state.realtime = resources.enter_context(RealtimeSource(settings))
+            app.state.streams = realtime.broadcast(
+                app.state.realtime, settings.realtime_max_streams
+            )
+            resources.push_async_callback(app.state.streams.close)
             yield
 
     # FastAPI's built-in OpenTelemetry hooks look up the global providers on every request;

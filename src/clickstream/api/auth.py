@@ -13,10 +13,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clickstream.api.errors import error_response
 
-__all__ = ["HEADER", "ApiKeyMiddleware"]
+__all__ = ["HEADER", "ApiKeyMiddleware", "carries_key"]
 
 HEADER = "X-API-Key"
 _HEADER = HEADER.lower().encode()
+
+
+def carries_key(headers: list[tuple[bytes, bytes]], key: str | None) -> bool:
+    """Whether the request's headers carry `key`; never true when no key is configured."""
+    if not key:
+        return False
+    given = next((v for k, v in headers if k == _HEADER), b"")
+    return hmac.compare_digest(given, key.encode())
 
 
 class ApiKeyMiddleware:

@@ -3,13 +3,13 @@
 The window lives in this process (`app.state.realtime`, a `RealtimeSource` entered in the
 app's lifespan): every worker reads the views topic itself, so any of them answers alike.
 The push stream is server-sent events: one `snapshot` event a second, the same JSON as
-`GET /api/realtime`. The dashboard reads it with `fetch` rather than `EventSource`, so it
-can send the API key header when one is configured.
+`GET /api/realtime`, rendered once for all the streams open (`Broadcast`); beyond
+`realtime.max_streams` open streams a new one gets 503. The dashboard reads it with `fetch`
+rather than `EventSource`, so it can send the API key header when one is configured.
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from importlib import resources
 
@@ -18,12 +18,14 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
-from clickstream.api.errors import ErrorBody
+from clickstream.api.broadcast import Broadcast
+from clickstream.api.errors import ErrorBody, error_response
 from clickstream.events import format_timestamp
 from clickstream.realtime.source import LiveState, RealtimeSource
 
-__all__ = ["PUSH_SECONDS", "STATIC_FILES", "render", "router"]
+__all__ = ["PUSH_SECONDS", "STATIC_FILES", "broadcast", "render", "router"]
 
 PUSH_SECONDS = 1.0
 STATIC_FILES = {
@@ -89,6 +91,25 @@ def _source(request: Request) -> RealtimeSource:
     return request.app.state.realtime
 
 
+def broadcast(source: RealtimeSource, max_streams: int) -> Broadcast:
+    """The one rendering a second that every push stream of this process sends."""
+    return Broadcast(lambda: render(source.state()), max_streams, PUSH_SECONDS)
+
+
+class _Stream(StreamingResponse):
+    """A push stream that gives its place back however it ends, even before it started."""
+
+    def __init__(self, content, streams: Broadcast, **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self._streams = streams
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._streams.leave()
+
+
 @router.get(
     "/api/realtime",
     response_model=Realtime,
@@ -109,22 +130,34 @@ async def get_realtime(request: Request) -> Response:
     "/api/realtime/stream",
     summary="Server-sent events: a `snapshot` of GET /api/realtime every second",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **_UNAUTHORIZED},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        503: {"model": ErrorBody, "description": "realtime.max_streams streams are open"},
+        **_UNAUTHORIZED,
+    },
 )
-async def stream_realtime(request: Request) -> StreamingResponse:
-    source = _source(request)
+async def stream_realtime(request: Request) -> Response:
+    """One snapshot a second, the same for every open stream. Beyond
+    `realtime.max_streams` open streams, 503 with the reason and `Retry-After`."""
+    streams: Broadcast = request.app.state.streams
+    if not streams.join():
+        return error_response(
+            503,
+            f"{streams.limit} live streams are open, the most this server serves"
+            " (realtime.max_streams): retry later, or read GET /api/realtime",
+            headers={"Retry-After": "10"},
+        )
 
     async def events():
-        loop = asyncio.get_running_loop()
         yield b"retry: 2000\n\n"
-        while not await request.is_disconnected():
-            started = loop.time()
-            body = await run_in_threadpool(lambda: render(source.state()))
-            yield b"event: snapshot\ndata: " + body + b"\n\n"
-            await asyncio.sleep(max(0.0, PUSH_SECONDS - (loop.time() - started)))
+        async for frame in streams.frames():
+            if await request.is_disconnected():
+                return
+            yield b"event: snapshot\ndata: " + frame + b"\n\n"
 
-    return StreamingResponse(
+    return _Stream(
         events(),
+        streams,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

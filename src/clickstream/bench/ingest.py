@@ -30,7 +30,7 @@ from clickstream.config import Settings
 from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.generate import view_lines
 from clickstream.ingest import Ingestor
-from clickstream.kafka.client import ensure_topics
+from clickstream.kafka.client import admin_config, ensure_topics
 from clickstream.kafka.producer import TimestampClock, produce_lines, stamp
 from clickstream.process import tune_garbage_collector
 from clickstream.services.embedded import bootstrap_servers
@@ -225,7 +225,7 @@ def _produce(bootstrap: str, topic: str, path: Path, go, done) -> None:
 
 def _delete_topics(bootstrap: str, topics: list[str]) -> None:
     """Tansu keeps topics in memory: give the benchmark's back."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(admin_config(bootstrap))
     for future in admin.delete_topics(topics, operation_timeout=15).values():
         with contextlib.suppress(KafkaException):  # already gone is fine
             future.result(timeout=15)

@@ -32,7 +32,7 @@ from clickstream.bench.server import free_port, start_server
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.generate import generate
-from clickstream.kafka.client import ensure_topics
+from clickstream.kafka.client import admin_config, ensure_topics
 from clickstream.realtime.source import RealtimeSource
 from clickstream.services.embedded import bootstrap_servers
 from clickstream.store.catalog import upsert_products
@@ -139,7 +139,7 @@ def run_realtime_benchmark(
             f" = {total / replay_seconds:,.0f} events/s"
         )
     finally:
-        AdminClient({"bootstrap.servers": bootstrap}).delete_topics([bench.kafka_views_topic])
+        AdminClient(admin_config(bootstrap)).delete_topics([bench.kafka_views_topic])
     figures = RealtimeFigures(total, delays, produce_seconds, live_seconds, replay_seconds)
     print(
         f"send -> /api/realtime p50 {figures.p50 * 1000:.0f} ms, p95 {figures.p95 * 1000:.0f} ms;"

@@ -1,18 +1,36 @@
-"""Kafka client settings and topic management (confluent-kafka), shared by every adapter."""
+"""Kafka client settings and topic management (confluent-kafka), shared by every adapter.
+
+Every client logs through `clickstream.kafka.logs.LOG`. Commands meet the broker first in
+`ensure_topics`, which says within seconds, in one line, when it cannot be reached:
+librdkafka itself would retry a refused connection forever.
+"""
 
 from __future__ import annotations
 
+import re
+import time
+
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from clickstream.errors import Unavailable
+from clickstream.kafka.logs import LOG, PROBE_LOG
 
-__all__ = ["consumer_config", "ensure_topics", "producer_config"]
+__all__ = ["admin_config", "consumer_config", "ensure_topics", "producer_config", "reach"]
+
+REACH_SECONDS = 10.0
+# librdkafka's "127.0.0.1:1/bootstrap: " in front and "(after 0ms in state CONNECT)" behind
+_NOISE = re.compile(r"^\S+/(?:bootstrap|\d+): |\s*\(after \d+ms in state \w+\)$")
+
+
+def admin_config(bootstrap: str, **overrides) -> dict:
+    return {"bootstrap.servers": bootstrap, "logger": LOG, **overrides}
 
 
 def producer_config(bootstrap: str, **overrides) -> dict:
     config = {
         "bootstrap.servers": bootstrap,
+        "logger": LOG,
         "acks": "all",
         "linger.ms": 10,
         "batch.size": 1_000_000,
@@ -28,6 +46,7 @@ def consumer_config(bootstrap: str, group: str, session_timeout_ms: int, **overr
     """Offsets are committed by hand, only after a batch is durable in PostgreSQL."""
     config = {
         "bootstrap.servers": bootstrap,
+        "logger": LOG,
         "group.id": group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -42,13 +61,31 @@ def consumer_config(bootstrap: str, group: str, session_timeout_ms: int, **overr
     return config
 
 
+def reach(bootstrap: str, timeout: float = REACH_SECONDS) -> tuple[AdminClient, ClusterMetadata]:
+    """An admin client and the cluster's metadata; `Unavailable` in one line when every
+    bootstrap address is refused or unknown (at once) or nothing answers within `timeout`."""
+    failures: list[KafkaError] = []
+    admin = AdminClient(admin_config(bootstrap, logger=PROBE_LOG, error_cb=failures.append))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return admin, admin.list_topics(timeout=min(0.5, timeout))
+        except KafkaException:
+            pass
+        admin.poll(0)  # runs error_cb
+        down = any(e.code() == KafkaError._ALL_BROKERS_DOWN for e in failures)
+        if down or time.monotonic() >= deadline:
+            cause = next((e for e in failures if e.code() != KafkaError._ALL_BROKERS_DOWN), None)
+            why = _NOISE.sub("", cause.str()) if cause else f"no answer within {timeout:.0f}s"
+            if cause is not None and cause.code() == KafkaError._BAD_MSG:
+                why += " (is that a Kafka broker?)"
+            raise Unavailable(f"cannot reach the Kafka broker at {bootstrap}: {why}")
+
+
 def ensure_topics(bootstrap: str, topics: list[str], partitions: int, timeout: float = 15) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        existing = admin.list_topics(timeout=timeout).topics
-    except KafkaException as exc:
-        raise Unavailable(f"cannot reach the broker at {bootstrap}: {exc.args[0]}") from exc
+    admin, metadata = reach(bootstrap)
+    existing = metadata.topics
     missing = [
         NewTopic(t, num_partitions=partitions, replication_factor=1)
         for t in topics

