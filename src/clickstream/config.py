@@ -191,11 +191,34 @@ SETTINGS: tuple[Setting, ...] = (
         10.0,
         "how often the consumer logs throughput and lag",
     ),
+    Setting(
+        "ingest.metrics_port",
+        _int_at_least(0, 65535),
+        0,
+        "port `clickstream consume` serves Prometheus metrics on; 0 turns them off",
+    ),
+    Setting(
+        "ingest.metrics_host",
+        _text,
+        "127.0.0.1",
+        "address the consumer's metrics listen on (0.0.0.0 for a scraper on another host)",
+    ),
     Setting("api.host", _text, "127.0.0.1", "address `clickstream serve` listens on"),
     Setting("api.port", _int_at_least(1, 65535), 8000, "port `clickstream serve` listens on"),
     Setting("api.workers", _int_at_least(1, 64), 1, "worker processes of `clickstream serve`"),
     Setting("api.access_log", _bool, True, "log every HTTP request"),
-    Setting("api.key", _optional_text, None, "when set, every /api/ request needs this key"),
+    Setting(
+        "api.key",
+        _optional_text,
+        None,
+        "when set, every /api/ request and /metrics need this key",
+    ),
+    Setting(
+        "api.metrics",
+        _bool,
+        True,
+        "count requests and serve Prometheus metrics at /metrics",
+    ),
     Setting(
         "realtime.window_seconds",
         _int_at_least(1, 86_400),
@@ -241,11 +264,14 @@ class Settings:
     ingest_retry_max_seconds: float
     ingest_max_rejected_share: float
     ingest_log_every_seconds: float
+    ingest_metrics_port: int
+    ingest_metrics_host: str
     api_host: str
     api_port: int
     api_workers: int
     api_access_log: bool
     api_key: str | None
+    api_metrics: bool
     realtime_window_seconds: int
     realtime_readers: int
     realtime_max_streams: int

@@ -32,6 +32,7 @@ from clickstream.events import CleanBatch, Kind, RawEvent, clean_batch
 from clickstream.kafka.client import consumer_config, ensure_topics
 from clickstream.kafka.lag import PartitionLag, consumer_lag, describe
 from clickstream.kafka.records import raw_event
+from clickstream.metrics import IngestMetrics
 from clickstream.retry import retrying
 from clickstream.store.db import connect
 from clickstream.store.faults import database_errors
@@ -88,6 +89,7 @@ class Ingestor:
         self.bootstrap = bootstrap
         self.stop = stop or threading.Event()
         self.stats = IngestStats()
+        self.metrics = IngestMetrics(settings)
         self._connect_db = connect_db or (
             lambda: connect(settings, application_name=APPLICATION_NAME)
         )
@@ -158,6 +160,7 @@ class Ingestor:
         if offsets and self._consumer is not None:
             try:
                 self._consumer.commit(offsets=offsets, asynchronous=False)
+                self.metrics.committed()
             except KafkaException as exc:
                 # The rows are durable; a failed commit only means a harmless redelivery.
                 log.warning("offset commit failed, the batch will be read again: %s", exc)
@@ -167,6 +170,7 @@ class Ingestor:
     def _write_with_retry(self, raw: list[RawEvent], batch: CleanBatch) -> None:
         """Write the batch, retrying every fault (store/faults.py) until it is written."""
         settings = self.settings
+        started = time.monotonic()
         for attempt in retrying(
             log, "nothing committed", max_wait=settings.ingest_retry_max_seconds, stop=self.stop
         ):
@@ -175,13 +179,15 @@ class Ingestor:
                     if self._conn is None or self._conn.closed:
                         self._conn = self._connect_db()
                     written = self._write(raw, batch)
-                except Unavailable:
+                except Unavailable as exc:
                     # A fresh connection on the next try: after a failover or a terminated
                     # backend, only a new session sees the server as it is now.
                     self.stats.retries += 1
+                    self.metrics.retried(exc)
                     self._drop_connection()
                     raise
         self.stats.add(batch, written)
+        self.metrics.batch_written(raw, batch, written, time.monotonic() - started)
 
     def _write(self, raw: list[RawEvent], batch: CleanBatch) -> WriteResult:
         """Write the batch; if the database refuses its content, find the events it refuses."""
@@ -252,6 +258,7 @@ class Ingestor:
                     self._finish_pending()
                 if now >= next_log:
                     last_logged = self._log_progress(last_logged)
+                    self.metrics.consumer_lag(self.lag)
                     next_log = now + settings.ingest_log_every_seconds
                 idle_for = now - self._last_activity
                 if until_idle is not None and idle_for >= until_idle and self._drained():

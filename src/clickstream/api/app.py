@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from clickstream import __version__
-from clickstream.api import health, realtime, recently_viewed
+from clickstream.api import health, metrics, realtime, recently_viewed
 from clickstream.api.auth import ApiKeyMiddleware
 from clickstream.api.database import Database
 from clickstream.api.errors import install_error_handlers
@@ -35,6 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
                 app.state.realtime, settings.realtime_max_streams
             )
             resources.push_async_callback(app.state.streams.close)
+            app.state.live_view_metrics = metrics.live_view_registry(app.state.realtime)
             yield
 
     # FastAPI's built-in OpenTelemetry hooks look up the global providers on every request;
@@ -52,7 +53,12 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key)
-    app.include_router(recently_viewed.router)
-    app.include_router(health.router)
-    app.include_router(realtime.router)
+    routers = [recently_viewed.router, health.router, realtime.router]
+    if settings.api_metrics:
+        routers.append(metrics.router)
+        routes = [route for router in routers for route in router.routes]
+        # Outermost, so that it counts the requests the API key refuses too.
+        app.add_middleware(metrics.RequestMetricsMiddleware, routes=routes)
+    for router in routers:
+        app.include_router(router)
     return app

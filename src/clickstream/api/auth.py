@@ -1,4 +1,6 @@
-"""The optional API key: when `api.key` is set, every `/api/` request must carry it.
+"""The optional API key: when `api.key` is set, every `/api/` request and `/metrics` must
+carry it, in the `X-API-Key` header or as `Authorization: Bearer <key>` (what Prometheus
+sends from a scrape job's `authorization.credentials_file`).
 
 A plain ASGI middleware rather than a FastAPI dependency, so that no route under `/api/`,
 whoever adds it, can forget the check. The comparison takes the same time whatever the
@@ -17,6 +19,20 @@ __all__ = ["HEADER", "ApiKeyMiddleware", "carries_key"]
 
 HEADER = "X-API-Key"
 _HEADER = HEADER.lower().encode()
+_BEARER = b"bearer "
+
+
+def _protected(path: str) -> bool:
+    return path.startswith("/api/") or path == "/metrics"
+
+
+def _given_key(headers: list[tuple[bytes, bytes]]) -> bytes:
+    for name, value in headers:
+        if name == _HEADER:
+            return value
+        if name == b"authorization" and value[:7].lower() == _BEARER:
+            return value[7:].strip()
+    return b""
 
 
 def carries_key(headers: list[tuple[bytes, bytes]], key: str | None) -> bool:
@@ -33,8 +49,8 @@ class ApiKeyMiddleware:
         self.key = key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/api/"):
-            given = next((v for k, v in scope["headers"] if k == _HEADER), b"")
+        if scope["type"] in ("http", "websocket") and _protected(scope["path"]):
+            given = _given_key(scope["headers"])
             if not hmac.compare_digest(given, self.key):
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})

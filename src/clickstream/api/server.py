@@ -3,7 +3,8 @@
 uvicorn handles SIGTERM and Ctrl-C itself: it stops accepting, lets requests in flight
 finish (up to `GRACE_SECONDS`), then runs the app's shutdown, which closes the pool. With
 several workers uvicorn starts each from an import string, so the settings travel to them
-as `CLICKSTREAM_*` variables and each worker builds its own app and pool from those.
+as `CLICKSTREAM_*` variables and each worker builds its own app and pool from those; their
+metrics meet in files under the data directory (prometheus_client's multiprocess mode).
 
 Once the app is built, everything alive (modules, the app, its routes and models) is moved
 out of the garbage collector's sight with `gc.freeze()`: otherwise each full collection walks
@@ -87,6 +88,12 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, access_log:
     """Serve until SIGTERM or Ctrl-C; return after a graceful shutdown."""
     if workers > 1:
         _export(settings)
+        if settings.api_metrics:
+            # Before any worker starts: each one picks prometheus_client's multiprocess mode
+            # from this variable when it imports the library.
+            from clickstream.metrics import MULTIPROC_ENV, multiprocess_dir
+
+            os.environ[MULTIPROC_ENV] = str(multiprocess_dir(settings.data_dir, port))
         target = "clickstream.api.server:app_from_environment"
         config = _config(target, host, port, access_log, factory=True, workers=workers)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -23,8 +24,18 @@ log = logging.getLogger("clickstream")
 
 def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.ingest import Ingestor
+    from clickstream.metrics import serve_consumer_metrics
     from clickstream.services.embedded import bootstrap_servers
 
+    if args.metrics_port is not None:
+        settings = dataclasses.replace(settings, ingest_metrics_port=args.metrics_port)
+    if settings.ingest_metrics_port:
+        serve_consumer_metrics(settings)
+        log.info(
+            "metrics at http://%s:%d/metrics",
+            settings.ingest_metrics_host,
+            settings.ingest_metrics_port,
+        )
     stop = stop_on_signals()
     ingestor = Ingestor(settings, bootstrap_servers(settings), stop=stop)
     stats = ingestor.run(until_idle=args.until_idle)
@@ -104,6 +115,13 @@ def register(sub) -> None:
         metavar="SECONDS",
         help="exit once no new event arrived for that long and the partitions this member "
         "owns have lag 0; never in the middle of a rebalance (drain and stop)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="N",
+        help="serve Prometheus metrics at http://ingest.metrics_host:N/metrics"
+        " (default: ingest.metrics_port; 0 turns them off)",
     )
 
     p = command(

@@ -36,12 +36,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from operator import itemgetter
 
 from confluent_kafka import KafkaException
 
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.kafka.client import ensure_topics
+from clickstream.metrics import LiveReading
 from clickstream.privacy import user_hash
 from clickstream.realtime.readers import POLL_SECONDS, Share, read_share
 from clickstream.realtime.readers import partitions as topic_partitions
@@ -61,6 +63,7 @@ NOT_IN_CATALOG = "(not in catalog)"
 CATALOG_REFRESH_SECONDS = 30.0
 # Seek a little before the window: a record's timestamp may trail its event time.
 SEEK_MARGIN_MS = 60_000
+_AT = itemgetter(4)  # a reader's row: (messageid, userid, productid, source, at_ms)
 
 
 def _now_ms() -> int:
@@ -92,6 +95,7 @@ class RealtimeSource:
         self.topic = settings.kafka_views_topic
         self.window = SlidingWindow(settings.realtime_window_seconds * 1000)
         self.received = 0
+        self.newest_ms: int | None = None  # the newest event time the readers delivered
         self._bootstrap = bootstrap
         self._clock = clock
         self._catalog: dict[str, str] = {}
@@ -140,6 +144,15 @@ class RealtimeSource:
     def wait_caught_up(self, timeout: float) -> bool:
         """True once everything that was on the broker at start has been read."""
         return self._caught_up.wait(timeout)
+
+    def reading(self) -> LiveReading:
+        """The counts the metrics report, without building a snapshot."""
+        with self._lock:
+            window = self.window
+            window.advance(self._clock())
+            counts = (len(window), window.late, window.future, window.duplicates)
+        catching_up = not self._caught_up.is_set()
+        return LiveReading(*counts, catching_up, self.received, self.newest_ms)
 
     def state(self) -> LiveState:
         catalog = self._catalog
@@ -296,6 +309,10 @@ class RealtimeSource:
         """Place the readers' rows (messageid, userid, productid, source, at_ms)."""
         now = self._clock()
         views = live
+        if live:
+            newest = max(map(_AT, live))
+            if self.newest_ms is None or newest > self.newest_ms:
+                self.newest_ms = newest
         if history:
             # Backlog older than the window is history the seek could not skip, not late.
             oldest = now - self.window.window_ms

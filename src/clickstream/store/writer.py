@@ -65,16 +65,19 @@ class _Target:
         )
         if not self.derivations:
             return insert
-        return self._derive(f"{insert} RETURNING {self.columns}")
+        # How many rows and how many events (messageids) were new: a redelivery mixes both.
+        return self._derive(
+            f"{insert} RETURNING {self.columns}", "count(*), count(DISTINCT messageid)"
+        )
 
     @property
     def derive_all_staged(self) -> str:
         """After a direct COPY every staged row is new: feed them all to the derivations."""
-        return self._derive(f"SELECT {self.columns} FROM stage_{self.table}")
+        return self._derive(f"SELECT {self.columns} FROM stage_{self.table}", "count(*)")
 
-    def _derive(self, new_rows: str) -> str:
+    def _derive(self, new_rows: str, counts: str) -> str:
         steps = "".join(f", {name} AS ({sql})" for name, sql in self.derivations)
-        return f"WITH new_{self.table} AS ({new_rows}){steps} SELECT count(*) FROM new_{self.table}"
+        return f"WITH new_{self.table} AS ({new_rows}){steps} SELECT {counts} FROM new_{self.table}"
 
 
 _VIEWS = _Target("product_views", _VIEW_COLUMNS, "messageid", VIEW_DERIVATIONS)
@@ -91,16 +94,21 @@ _MERGE_DEAD_LETTERS = (
     ' SELECT topic, partition, "offset", payload, reason, to_timestamp(kafka_ms / 1000.0)'
     " FROM stage_dead_letters"
     ' ON CONFLICT (topic, partition, "offset", payload_md5) DO NOTHING'
+    " RETURNING topic, split_part(reason, ':', 1)"
 )
 
 
 class WriteResult(NamedTuple):
-    """What one write stored: rows new to the database, dead letters, duplicates skipped."""
+    """What one write stored: rows new to the database, dead letters, duplicates skipped;
+    the orders those lines belong to and each new dead letter's (topic, reason code), which
+    the consumer's metrics count. Results add up field by field (tuples concatenate)."""
 
     views: int
     order_lines: int
     dead_letters: int
     duplicates: int
+    orders: int = 0
+    dead_letter_reasons: tuple[tuple[str, str], ...] = ()
 
 
 def _escape(value: str) -> str:
@@ -138,8 +146,8 @@ def copy_views(cur: psycopg.Cursor, views: list) -> None:
         copy.write(_copy_text(views))
 
 
-def _store(cur: psycopg.Cursor, target: _Target, rows: list) -> int:
-    """Store rows once each; return how many were new."""
+def _store(cur: psycopg.Cursor, target: _Target, rows: list, events: int) -> tuple[int, int]:
+    """Store the rows of `events` events once each; return how many rows and events were new."""
     data = _copy_text(rows)
     staged = False
     if target.derivations:
@@ -157,11 +165,11 @@ def _store(cur: psycopg.Cursor, target: _Target, rows: list) -> int:
         cur.execute(target.merge)
         if target.derivations:
             row = cur.fetchone()
-            return row[0] if row else 0
-        return cur.rowcount
+            return (row[0], row[1]) if row else (0, 0)
+        return cur.rowcount, cur.rowcount
     if target.derivations:
         cur.execute(target.derive_all_staged)
-    return len(rows)
+    return len(rows), events
 
 
 def write_batch(conn: psycopg.Connection, batch: CleanBatch) -> WriteResult:
@@ -170,15 +178,18 @@ def write_batch(conn: psycopg.Connection, batch: CleanBatch) -> WriteResult:
     Called inside a transaction of the caller's, the batch is a savepoint of it: what it
     staged is cleared so the next batch of that transaction stages afresh.
     """
-    views = order_lines = dead = 0
+    views = order_lines = orders = 0
+    reasons: list[tuple[str, str]] = []
     nested = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
     with conn.transaction(), conn.cursor() as cur:
         for statement in _STAGING:
             cur.execute(statement)
         if batch.views:
-            views = _store(cur, _VIEWS, batch.views)
+            views, _ = _store(cur, _VIEWS, batch.views, len(batch.views))
         if batch.order_lines:
-            order_lines = _store(cur, _ORDER_LINES, _first_of_each_order(batch.order_lines))
+            lines = _first_of_each_order(batch.order_lines)
+            events = sum(1 for row in lines if row[1] == 1)
+            order_lines, orders = _store(cur, _ORDER_LINES, lines, events)
         if batch.rejects:
             with cur.copy(
                 'COPY stage_dead_letters (topic, partition, "offset", payload, reason, kafka_ms)'
@@ -187,9 +198,9 @@ def write_batch(conn: psycopg.Connection, batch: CleanBatch) -> WriteResult:
                 for reject in batch.rejects:
                     copy.write_row(reject)
             cur.execute(_MERGE_DEAD_LETTERS)
-            dead = cur.rowcount
+            reasons = cur.fetchall()
         if nested:
             for table in ("product_views", "order_lines", "dead_letters"):
                 cur.execute(f"DELETE FROM stage_{table}")
     duplicates = len(batch.views) - views + len(batch.order_lines) - order_lines
-    return WriteResult(views, order_lines, dead, duplicates)
+    return WriteResult(views, order_lines, len(reasons), duplicates, orders, tuple(reasons))
