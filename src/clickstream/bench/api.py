@@ -26,6 +26,7 @@ import psycopg
 from tqdm import tqdm
 
 from clickstream.bench.loadgen import LoadResult, drive_in_process
+from clickstream.bench.scrape import METRICS_CHOICES, Scraper
 from clickstream.bench.scratch import scratch_database
 from clickstream.bench.server import free_port, start_server
 from clickstream.config import Settings
@@ -148,7 +149,13 @@ def _time_queries(url: str, query: str, extra: tuple, users: int, seconds: float
 
 
 def run_api_benchmark(
-    settings: Settings, *, views: int, users: int, seconds: float, concurrency: int
+    settings: Settings,
+    *,
+    views: int,
+    users: int,
+    seconds: float,
+    concurrency: int,
+    metrics: str = "on",
 ) -> None:
     url = scratch_database(settings, SCRATCH_DATABASE)
     print(f"scratch database {SCRATCH_DATABASE}: {views:,} views of {users:,} users")
@@ -156,39 +163,17 @@ def run_api_benchmark(
     _load(url, views=views, users=users)
     print(f"loaded in {time.monotonic() - started:.0f}s")
 
-    client_core, server_core = _cores()
-    port = free_port()
-    server = start_server(dataclasses.replace(settings, database_url=url), port, server_core)
-    pinning = (
-        f"server on core {server_core}, load generator on core {client_core}"
-        if server_core is not None
-        else "fewer than two cores: nothing pinned"
-    )
-    print(f"server on 127.0.0.1:{port}; {pinning}; {concurrency} connections")
     rng = random.Random(11)
     user_paths = [f"/api/users/user-{rng.randrange(users)}/recently-viewed" for _ in range(100_000)]
-    endpoints = []
-    try:
-        for name, paths in (("real", user_paths), ("trivial", ["/api/ping"])):
-            print(f"driving {paths[0]} for {seconds:g}s (+{WARMUP_SECONDS:g}s warm-up)")
-            result = drive_in_process(
-                "127.0.0.1",
-                port,
-                paths,
-                concurrency=concurrency,
-                seconds=seconds,
-                warmup=WARMUP_SECONDS,
-                core=client_core,
-            )
-            if result.failures:
-                raise ClickstreamError(
-                    f"{name}: {result.failures} failed requests, first: {result.first_failure}"
-                )
-            endpoints.append(Endpoint(name, result))
-            print(f"{endpoints[-1].describe()} (load generator busy {result.busy:.0%} of its core)")
-    finally:
-        server.terminate()
-        server.wait(30)
+    legs = {
+        on: _drive_server(
+            dataclasses.replace(settings, database_url=url, api_metrics=on),
+            user_paths,
+            seconds=seconds,
+            concurrency=concurrency,
+        )
+        for on in METRICS_CHOICES[metrics]
+    }
 
     probe = max(3.0, seconds / 3)
     print(f"original strategy (oldest first, no index) versus ours, {probe:g}s each, 1 connection")
@@ -198,6 +183,60 @@ def run_api_benchmark(
         f"per query: original {original * 1000:.1f}ms, ours {ours * 1000:.3f}ms:"
         f" ours is {original / ours:,.0f} times faster"
     )
-    real, trivial = endpoints
+    if len(legs) == 2:
+        (real_off, trivial_off), (real_on, trivial_on) = legs[False], legs[True]
+        ratio = real_on.result.rate / real_off.result.rate
+        trivial = trivial_on.result.rate / trivial_off.result.rate
+        print(
+            f"metrics off {real_off.describe()} | metrics on {real_on.describe()}"
+            f" | trivial on/off {trivial:.3f} | ratio={ratio:.3f}"
+        )
+        return
+    real, trivial = legs[METRICS_CHOICES[metrics][0]]
     ratio = real.result.rate / trivial.result.rate
     print(f"{real.describe()} | {trivial.describe()} | ratio={ratio:.2f}")
+
+
+def _drive_server(
+    settings: Settings, user_paths: list[str], *, seconds: float, concurrency: int
+) -> tuple[Endpoint, Endpoint]:
+    """Start a server with these settings, drive the real then the trivial endpoint.
+
+    With metrics on, /metrics is scraped every second meanwhile, as Prometheus would.
+    """
+    client_core, server_core = _cores()
+    port = free_port()
+    server = start_server(settings, port, server_core)
+    pinning = (
+        f"server on core {server_core}, load generator on core {client_core}"
+        if server_core is not None
+        else "fewer than two cores: nothing pinned"
+    )
+    state = "on, scraped every second" if settings.api_metrics else "off"
+    print(f"server on 127.0.0.1:{port}, metrics {state}; {pinning}; {concurrency} connections")
+    endpoints = []
+    try:
+        with Scraper([f"http://127.0.0.1:{port}/metrics"] if settings.api_metrics else []):
+            for name, paths in (("real", user_paths), ("trivial", ["/api/ping"])):
+                print(f"driving {paths[0]} for {seconds:g}s (+{WARMUP_SECONDS:g}s warm-up)")
+                result = drive_in_process(
+                    "127.0.0.1",
+                    port,
+                    paths,
+                    concurrency=concurrency,
+                    seconds=seconds,
+                    warmup=WARMUP_SECONDS,
+                    core=client_core,
+                )
+                if result.failures:
+                    raise ClickstreamError(
+                        f"{name}: {result.failures} failed requests, first: {result.first_failure}"
+                    )
+                endpoints.append(Endpoint(name, result))
+                busy = f"load generator busy {result.busy:.0%} of its core"
+                print(f"{endpoints[-1].describe()} ({busy})")
+    finally:
+        server.terminate()
+        server.wait(30)
+    real, trivial = endpoints
+    return real, trivial

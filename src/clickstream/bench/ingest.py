@@ -8,6 +8,11 @@ merge cost on top of the fastest possible write:
   (b) produce the raw events at max speed into fresh topics while the members of a consumer
       group (by default two processes, one per core of the reference machine) ingest them,
       timed from the first send until the last row is committed.
+
+With `--metrics both`, (b) runs twice in the same run, each time into a fresh database and
+fresh topics: first with the consumers' metrics off, then on (each consumer serving them
+and this process scraping every one of them each second, as Prometheus would). The last line
+then gives both rates and ratio=on/off.
 """
 
 from __future__ import annotations
@@ -25,13 +30,16 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from tqdm import tqdm
 
+from clickstream.bench.scrape import METRICS_CHOICES, Scraper
 from clickstream.bench.scratch import scratch_database
+from clickstream.bench.server import free_port
 from clickstream.config import Settings
 from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.generate import view_lines
 from clickstream.ingest import Ingestor
 from clickstream.kafka.client import admin_config, ensure_topics
 from clickstream.kafka.producer import TimestampClock, produce_lines, stamp
+from clickstream.metrics import serve_consumer_metrics
 from clickstream.process import tune_garbage_collector
 from clickstream.services.embedded import bootstrap_servers
 from clickstream.store.db import connect
@@ -63,7 +71,7 @@ class IngestFigures:
 
 
 def run_ingest_benchmark(
-    settings: Settings, *, events: int, seed: int, consumers: int = 2
+    settings: Settings, *, events: int, seed: int, consumers: int = 2, metrics: str = "off"
 ) -> IngestFigures:
     bootstrap = bootstrap_servers(settings)
     run = uuid.uuid4().hex[:8]
@@ -76,28 +84,50 @@ def run_ingest_benchmark(
     )
     print(
         f"scratch database {SCRATCH_DATABASE}, topics {bench.kafka_views_topic} (+orders),"
-        f" {consumers} consumer(s)"
+        f" {consumers} consumer(s), metrics {metrics}"
     )
 
     started = time.monotonic()
     lines = view_lines(events, seed=seed)
     print(f"generated {len(lines):,} views in {time.monotonic() - started:.1f}s")
 
-    try:
-        copy_seconds = _raw_copy(bench, lines)
+    copy_seconds = _raw_copy(bench, lines)
+    print(
+        f"(a) raw COPY: {events:,} rows in {copy_seconds:.2f}s"
+        f" = {events / copy_seconds:,.0f} rows/s"
+    )
+    legs: dict[bool, tuple[float, float]] = {}
+    for on in METRICS_CHOICES[metrics]:
+        leg = bench
+        if len(legs):  # a fresh database and fresh topics, so that no leg inherits rows
+            tag = f"{run}-{len(legs)}"
+            leg = dataclasses.replace(
+                bench,
+                database_url=scratch_database(settings, SCRATCH_DATABASE),
+                kafka_views_topic=f"bench-views-{tag}",
+                kafka_orders_topic=f"bench-orders-{tag}",
+                kafka_consumer_group=f"bench-ingest-{tag}",
+            )
+        try:
+            legs[on] = _full_path(leg, bootstrap, lines, consumers, metrics=on)
+        finally:
+            _delete_topics(bootstrap, [leg.kafka_views_topic, leg.kafka_orders_topic])
+        pipeline_seconds, produce_seconds = legs[on]
         print(
-            f"(a) raw COPY: {events:,} rows in {copy_seconds:.2f}s"
-            f" = {events / copy_seconds:,.0f} rows/s"
-        )
-        pipeline_seconds, produce_seconds = _full_path(bench, bootstrap, lines, consumers)
-        print(
-            f"(b) produce -> consume -> PostgreSQL: {events:,} events in {pipeline_seconds:.2f}s"
+            f"(b) produce -> consume -> PostgreSQL, metrics {'on' if on else 'off'}:"
+            f" {events:,} events in {pipeline_seconds:.2f}s"
             f" = {events / pipeline_seconds:,.0f} events/s"
             f" (producing alone took {produce_seconds:.2f}s)"
         )
-    finally:
-        _delete_topics(bootstrap, [bench.kafka_views_topic, bench.kafka_orders_topic])
+    pipeline_seconds, produce_seconds = legs[METRICS_CHOICES[metrics][-1]]
     figures = IngestFigures(events, copy_seconds, pipeline_seconds, produce_seconds)
+    if len(legs) == 2:
+        off, on = (events / legs[flag][0] for flag in (False, True))
+        print(
+            f"end to end metrics off {off:,.0f} events/s, metrics on {on:,.0f} events/s"
+            f" ({(on - off) / off:+.1%}), ratio={on / off:.3f}"
+        )
+        return figures
     print(
         f"end to end {figures.pipeline_rate:,.0f} events/s,"
         f" raw COPY {figures.copy_rate:,.0f} rows/s, ratio={figures.ratio:.2f}"
@@ -129,20 +159,20 @@ def _raw_copy(settings: Settings, lines: list[bytes]) -> float:
 
 
 def _full_path(
-    settings: Settings, bootstrap: str, lines: list[bytes], consumers: int
+    settings: Settings, bootstrap: str, lines: list[bytes], consumers: int, *, metrics: bool
 ) -> tuple[float, float]:
     """Time (b); return (seconds until every row is stored, seconds the producer took)."""
     path = settings.data_dir / f"{settings.kafka_views_topic}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join(line + b"\n" for line in lines))
     try:
-        return _timed_pipeline(settings, bootstrap, path, len(lines), consumers)
+        return _timed_pipeline(settings, bootstrap, path, len(lines), consumers, metrics)
     finally:
         path.unlink(missing_ok=True)
 
 
 def _timed_pipeline(
-    settings: Settings, bootstrap: str, path: Path, total: int, consumers: int
+    settings: Settings, bootstrap: str, path: Path, total: int, consumers: int, metrics: bool
 ) -> tuple[float, float]:
     ensure_topics(
         bootstrap,
@@ -157,9 +187,19 @@ def _timed_pipeline(
         target=_produce, args=(bootstrap, settings.kafka_views_topic, path, go, done)
     )
     members = [_Member(ctx) for _ in range(consumers)]
+    ports = [free_port() if metrics else 0 for _ in members]
     processes = [producer] + [
-        ctx.Process(target=_consume, args=(settings, bootstrap, m.assigned, m.stored, stop))
-        for m in members
+        ctx.Process(
+            target=_consume,
+            args=(
+                dataclasses.replace(settings, ingest_metrics_port=port),
+                bootstrap,
+                m.assigned,
+                m.stored,
+                stop,
+            ),
+        )
+        for m, port in zip(members, ports, strict=True)
     ]
     for process in processes:
         process.start()
@@ -172,7 +212,8 @@ def _timed_pipeline(
             time.sleep(0.05)
         started = time.monotonic()
         go.set()
-        with tqdm(total=total, unit="ev", unit_scale=True, desc="stored") as bar:
+        scraper = Scraper([f"http://127.0.0.1:{p}/metrics" for p in ports if p])
+        with scraper, tqdm(total=total, unit="ev", unit_scale=True, desc="stored") as bar:
             while (stored := sum(m.stored.value for m in members)) < total:
                 if not all(p.is_alive() for p in processes[1:]):
                     raise RuntimeError("a consumer stopped before storing every event")
@@ -201,6 +242,8 @@ class _Member:
 
 def _consume(settings: Settings, bootstrap: str, assigned, stored, stop) -> None:
     tune_garbage_collector()
+    if settings.ingest_metrics_port:
+        serve_consumer_metrics(settings)
     ingestor = Ingestor(settings, bootstrap)
     consumer = threading.Thread(target=ingestor.run, name="bench-consumer")
     consumer.start()

@@ -17,6 +17,7 @@ def cmd_bench_api(settings: Settings, args: argparse.Namespace) -> int:
         users=args.users,
         seconds=args.seconds,
         concurrency=args.concurrency,
+        metrics=args.metrics,
     )
     return 0
 
@@ -31,7 +32,13 @@ def cmd_bench_realtime(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.bench.ingest import run_ingest_benchmark
 
-    run_ingest_benchmark(settings, events=args.events, seed=args.seed, consumers=args.consumers)
+    run_ingest_benchmark(
+        settings,
+        events=args.events,
+        seed=args.seed,
+        consumers=args.consumers,
+        metrics=args.metrics,
+    )
     return 0
 
 
@@ -58,7 +65,8 @@ def register(sub) -> None:
         "raw COPY versus produce -> consume -> PostgreSQL",
         "Measure, in one run and in a scratch database, (a) a raw COPY of cleaned view rows "
         "into product_views and (b) the full path: produce at max speed, consume, store. The "
-        "last line gives (b) in events/s and ratio=b/a.",
+        "last line gives (b) in events/s and ratio=b/a; with --metrics both, (b) with the "
+        "consumers' metrics off and on, and ratio=on/off.",
     )
     p.add_argument("--events", type=positive_int, default=1_000_000, help="views (default 1000000)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
@@ -67,6 +75,14 @@ def register(sub) -> None:
         type=positive_int,
         default=2,
         help="consumer processes in the group (default 2, one per core)",
+    )
+    p.add_argument(
+        "--metrics",
+        choices=("off", "on", "both"),
+        default="off",
+        help="the consumers' Prometheus metrics off, on (served and scraped every second), or"
+        " both: (b) once each way in the same run, the last line giving ratio=on/off"
+        " (default off)",
     )
     p = command(
         sub,
@@ -90,7 +106,8 @@ def register(sub) -> None:
         "/api/users/{id}/recently-viewed and then GET /api/ping (no database) at a fixed "
         "concurrency from a load generator pinned to its own core, and time the original "
         "system's query (oldest first, no index) on the same data. The last line gives both "
-        "endpoints' requests/s, p50 and p99, and ratio=real/trivial.",
+        "endpoints' requests/s, p50 and p99, and ratio=real/trivial; with --metrics both, the "
+        "real endpoint's figures with metrics off and on, and ratio=on/off.",
     )
     p.add_argument(
         "--views", type=positive_int, default=10_000_000, help="stored views (default 10000000)"
@@ -101,6 +118,14 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--concurrency", type=positive_int, default=64, help="requests in flight (default 64)"
+    )
+    p.add_argument(
+        "--metrics",
+        choices=("off", "on", "both"),
+        default="on",
+        help="the server's Prometheus metrics (api.metrics) off, on (scraped every second), or"
+        " both: the endpoints driven once each way, the last line giving ratio=on/off"
+        " (default on)",
     )
     p = command(
         sub,

@@ -1,0 +1,107 @@
+"""The metrics endpoints on their own: several server workers add up into one /metrics,
+`api.metrics` off removes it, and a consumer whose metrics port is taken says so."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from conftest import Pipeline, run_cli, settings_env
+from prometheus_client.parser import text_string_to_metric_families
+
+from clickstream.api.server import run_in_background
+
+RECENT = "/api/users/{user_id}/recently-viewed"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_the_workers_of_one_server_add_up_in_metrics(pipeline: Pipeline):
+    port = free_port()
+    settings = dataclasses.replace(pipeline.settings, realtime_readers=1)
+    command = [sys.executable, "-m", "clickstream", "serve", "--port", str(port)]
+    server = subprocess.Popen(
+        [*command, "--workers", "2", "--no-access-log"],
+        env=settings_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # wait for both workers: each answers once it has started
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        for i in range(30):  # a new connection each, so that both workers take some
+            response = httpx.get(f"{url}/api/users/user-{i}/recently-viewed")
+            assert response.status_code == 200
+        assert httpx.get(f"{url}/api/users/user-1/recently-viewed?limit=0").status_code == 422
+        text = httpx.get(f"{url}/metrics").text
+    finally:
+        server.terminate()
+        server.wait(30)
+    found = samples(text)
+    requests = "clickstream_http_requests_total"
+    assert found[(requests, (("route", RECENT), ("status", "200")))] == 30
+    assert found[(requests, (("route", RECENT), ("status", "422")))] == 1
+    count = "clickstream_http_request_duration_seconds_count"
+    assert found[(count, (("route", RECENT),))] == 31
+    # The files of the workers live under the data directory, one folder per server port.
+    assert list((settings.data_dir / "prometheus" / str(port)).glob("*.db"))
+    # The live view's gauges come once, from the worker that answered, not once per worker.
+    assert [name for name, _ in found if name == "clickstream_realtime_window_events"] == [
+        "clickstream_realtime_window_events"
+    ]
+
+
+def test_metrics_off_serves_no_metrics_and_counts_nothing(pipeline: Pipeline):
+    settings = dataclasses.replace(pipeline.settings, api_metrics=False, realtime_readers=1)
+    server = run_in_background(settings, "127.0.0.1", 0)
+    try:
+        assert httpx.get(f"{server.url}/metrics").status_code == 404
+        assert httpx.get(f"{server.url}/api/users/user-1/recently-viewed").status_code == 200
+    finally:
+        server.stop()
+    assert "/metrics" not in server.server.config.app.openapi()["paths"]
+
+
+def test_a_consumer_whose_metrics_port_is_taken_says_so(pipeline: Pipeline):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(pipeline.settings, "consume", "--metrics-port", str(port), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"clickstream: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    ], result.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "65536", "many"])
+def test_a_bad_metrics_port_is_refused_in_one_line(pipeline: Pipeline, value):
+    result = run_cli(pipeline.settings, "consume", "--metrics-port", value, timeout=60)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--metrics-port" in result.stderr
