@@ -81,8 +81,8 @@ def register(sub) -> None:
         choices=("off", "on", "both"),
         default="off",
         help="the consumers' Prometheus metrics off, on (served and scraped every second), or"
-        " both: (b) once each way in the same run, the last line giving ratio=on/off"
-        " (default off)",
+        " both: (b) off, on, on, off in the same run, the last line giving each side's best"
+        " and ratio=on/off (default off)",
     )
     p = command(
         sub,
@@ -124,8 +124,8 @@ def register(sub) -> None:
         choices=("off", "on", "both"),
         default="on",
         help="the server's Prometheus metrics (api.metrics) off, on (scraped every second), or"
-        " both: the endpoints driven once each way, the last line giving ratio=on/off"
-        " (default on)",
+        " both: a server each time off, on, on, off, the last line giving each side's best"
+        " and ratio=on/off (default on)",
     )
     p = command(
         sub,
