@@ -151,8 +151,8 @@ class IngestMetrics:
     metrics pays one attribute test per batch.
     """
 
-    def __init__(self, settings: Settings, *, enabled: bool | None = None) -> None:
-        self.enabled = bool(settings.ingest_metrics_port) if enabled is None else enabled
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = bool(settings.ingest_metrics_port)
         self._views_topic = settings.kafka_views_topic
         self._orders_topic = settings.kafka_orders_topic
         self._families = _ingest_families() if self.enabled else None
@@ -319,12 +319,9 @@ def render(*extra: CollectorRegistry) -> bytes:
 def exposed_names() -> set[str]:
     """Every metric family this module can expose (what dashboards and alerts may use)."""
     registry = CollectorRegistry()
-    _IngestFamilies(registry).state.newest_event = 0.0
+    consumer = _IngestFamilies(registry).state
+    consumer.newest_event = consumer.last_commit = 0.0  # so that their gauges show
     _HttpFamilies(registry)
-    names = {family.name for family in registry.collect()}
-    state = _ConsumerState()
-    state.newest_event = state.last_commit = 0.0
-    names |= {family.name for family in state.collect()}
     sample = LiveReading(0, 0, 0, 0, False, 0, 0)
-    names |= {family.name for family in LiveViewCollector(lambda: sample).collect()}
-    return names
+    registry.register(LiveViewCollector(lambda: sample))
+    return {family.name for family in registry.collect()}
