@@ -281,6 +281,12 @@ def test_api_key_when_set_guards_every_api_route(services, empty_database, serve
     assert get(server, "/api/ping").status == 401
     assert get(server, path, {"X-API-Key": "s3cret-key"}).status == 200
     assert get(server, "/api/ping", {"x-api-key": "s3cret-key"}).status == 200
+    # The form a Prometheus scrape job sends, and /metrics guarded like /api/.
+    assert get(server, path, {"Authorization": "Bearer s3cret-key"}).status == 200
+    assert get(server, path, {"Authorization": "Bearer s3cret-ke"}).status == 401
+    assert get(server, path, {"Authorization": "Basic s3cret-key"}).status == 401
+    assert get(server, "/metrics").status == 401
+    assert get(server, "/metrics", {"Authorization": "Bearer s3cret-key"}).status == 200
     assert get(server, "/healthz").status == 200
     assert get(server, "/docs").status == 200
 
