@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
+from conftest import missing_dependency
 
 from clickstream.metrics import exposed_names
 
@@ -30,12 +30,10 @@ SUFFIX = re.compile(r"_(total|bucket|sum|count|created)$")
 
 
 def tool(name: str) -> str:
-    """The path of a command-line tool; CI (CI=true) must have it, elsewhere a skip says why."""
+    """The path of a command-line tool (.ci/run or the `test` extra installs each)."""
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed; .ci/run installs it")
-        pytest.skip(f"{name} is not installed (.ci/run installs it)")
+        missing_dependency(f"{name} is not installed (.ci/run installs it)")
     return found
 
 

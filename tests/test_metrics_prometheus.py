@@ -7,7 +7,6 @@ counts the database holds, by outcome and by reason, and exactly the requests ma
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import socket
 import subprocess
@@ -20,18 +19,13 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import Pipeline, settings_env
+from conftest import Pipeline, missing_dependency, settings_env
 
 from clickstream.store.db import connect
 
 PROMETHEUS = shutil.which("prometheus")
 API_KEY = "test-key-of-the-metrics"
 WAIT_SECONDS = 60  # how long to wait for something that must happen; not a speed check
-
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None and not os.environ.get("CI"),
-    reason="Debian's prometheus is not installed (.ci/run installs it)",
-)
 
 
 def free_port() -> int:
@@ -100,6 +94,8 @@ BAD_ORDERS = {
 @pytest.fixture
 def running(pipeline: Pipeline, tmp_path: Path) -> Iterator[dict]:
     """A consumer, a server and a Prometheus scraping both every second; stopped after."""
+    if PROMETHEUS is None:
+        missing_dependency("Debian's prometheus is not installed (.ci/run installs it)")
     settings = dataclasses.replace(
         pipeline.settings,
         kafka_session_timeout_ms=2000,
@@ -133,7 +129,7 @@ scrape_configs:
         "consumer": [*python, "consume", "--metrics-port", str(ports["consumer"])],
         "api": [*python, "serve", "--port", str(ports["api"]), "--no-access-log"],
         "prometheus": [
-            PROMETHEUS or "prometheus",
+            PROMETHEUS,
             f"--config.file={tmp_path / 'prometheus.yml'}",
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
