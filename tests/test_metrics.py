@@ -1,5 +1,6 @@
 """The metrics endpoints on their own: several server workers add up into one /metrics,
-`api.metrics` off removes it, and a consumer whose metrics port is taken says so."""
+`api.metrics` off removes it, a consumer whose metrics port is taken says so, and a write
+reports what the consumer's outcome counters need."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import sys
 import time
 
 import httpx
+import orjson
 import pytest
 from conftest import Pipeline, run_cli, settings_env
 from prometheus_client.parser import text_string_to_metric_families
 
 from clickstream.api.server import run_in_background
+from clickstream.events import Kind, RawEvent, clean_batch
+from clickstream.store.db import connect
+from clickstream.store.writer import write_batch
 
 RECENT = "/api/users/{user_id}/recently-viewed"
 
@@ -105,3 +110,33 @@ def test_a_bad_metrics_port_is_refused_in_one_line(pipeline: Pipeline, value):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "--metrics-port" in result.stderr
+
+
+def test_a_write_says_which_orders_and_dead_letters_were_new(pipeline: Pipeline):
+    """What the consumer's outcome counters rest on: new orders (not lines) and each new dead
+    letter's reason code, across direct and merged writes and a redelivered batch."""
+    topic = pipeline.settings.kafka_orders_topic
+    m1, m2, m3 = (order(f"m-{i}", i) for i in range(1, 4))  # 1, 2 and 3 line items
+    bad = b"{broken"
+    missing = orjson.dumps({"event": "OrderEvent", "messageid": "x", "userid": "u"})
+    with connect(pipeline.settings, autocommit=True) as conn:
+        first = write_batch(conn, cleaned(topic, {0: m1, 1: m2, 2: bad, 3: missing}))
+        # Redelivered: m-2 and both bad records; m-1 again twice at new offsets; m-3 new.
+        second = write_batch(conn, cleaned(topic, {1: m2, 4: m3, 5: m1, 6: m1, 2: bad, 3: missing}))
+    assert (first.orders, first.order_lines, first.duplicates) == (2, 3, 0)
+    assert sorted(first.dead_letter_reasons) == [(topic, "bad-json"), (topic, "missing-field")]
+    assert first.dead_letters == 2
+    assert (second.orders, second.order_lines, second.duplicates) == (1, 3, 4)
+    assert (second.dead_letters, second.dead_letter_reasons) == (0, ())
+
+
+def order(messageid: str, items: int) -> bytes:
+    lineitems = [{"productid": f"product-{n}", "quantity": 1} for n in range(items)]
+    event = {"event": "OrderEvent", "messageid": messageid, "userid": "user-1", "orderid": 7}
+    return orjson.dumps(event | {"lineitems": lineitems})
+
+
+def cleaned(topic: str, records: dict[int, bytes]):
+    """The batch the consumer would write for these records (offset: value) of partition 0."""
+    raw = [RawEvent(Kind.ORDER, topic, 0, offset, v, None) for offset, v in records.items()]
+    return clean_batch(raw)
