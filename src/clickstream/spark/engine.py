@@ -37,11 +37,14 @@ log = logging.getLogger("clickstream.spark")
 _POLL = 0.1  # seconds between looks at the running query
 
 
-def checkpoint_dir(settings: Settings) -> Path:
-    """Where the query's checkpoint lives: one per consumer group."""
+def checkpoint_dir(settings: Settings) -> str:
+    """Where the query's checkpoint lives: one per consumer group (a path or a URL)."""
     base = settings.spark_checkpoint_dir
-    root = Path(base).expanduser() if base else settings.data_dir / "spark-checkpoints"
-    return root / settings.kafka_consumer_group
+    if not base:
+        return str(settings.data_dir / "spark-checkpoints" / settings.kafka_consumer_group)
+    if "://" not in base:
+        base = str(Path(base).expanduser())
+    return f"{base.rstrip('/')}/{settings.kafka_consumer_group}"
 
 
 class SparkIngestor:
@@ -61,10 +64,7 @@ class SparkIngestor:
         self.master = master or settings.spark_master
         self.stop = stop or threading.Event()
         self._spark = spark
-        self.tasks = settings.spark_sink == "tasks" or (
-            settings.spark_sink == "auto" and not self.master.startswith("local")
-        )
-        self.sink = BatchSink(settings, tasks=self.tasks, stop=self.stop)
+        self.sink = BatchSink(settings, tasks=False, stop=self.stop)
         self.ready_at: float | None = None  # when the query finished its first trigger
 
     @property
@@ -81,13 +81,18 @@ class SparkIngestor:
         with connect(settings):  # the schema is current before any task writes
             pass
         spark = self._spark or spark_session(self.master)
+        # The master that runs the job decides (under spark-submit, spark-submit's).
+        master = spark.sparkContext.master
+        self.sink.tasks = settings.spark_sink == "tasks" or (
+            settings.spark_sink == "auto" and not master.startswith("local")
+        )
         checkpoint = checkpoint_dir(settings)
         with tempfile.TemporaryDirectory(prefix="clickstream-spark-") as scratch:
             stop_file = str(Path(scratch) / "stop")
             query = (
                 self._stream(spark, stop_file)
                 .writeStream.foreachBatch(self.sink)
-                .option("checkpointLocation", str(checkpoint))
+                .option("checkpointLocation", checkpoint)
                 .trigger(processingTime=f"{settings.ingest_batch_wait_ms} milliseconds")
                 .start()
             )
@@ -95,9 +100,9 @@ class SparkIngestor:
                 "consuming %s from %s on Spark %s (%s source, writes in %s), checkpoint %s",
                 ", ".join(topics),
                 self.bootstrap,
-                spark.sparkContext.master,
+                master,
                 settings.spark_source,
-                "tasks" if self.tasks else "the driver",
+                "tasks" if self.sink.tasks else "the driver",
                 checkpoint,
             )
             try:
