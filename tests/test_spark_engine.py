@@ -19,7 +19,13 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from conftest import Pipeline, fresh_database
-from test_ingest import assert_stored_exactly_once, fast, make_stream, stored_reported
+from test_ingest import (
+    assert_stored_exactly_once,
+    fast,
+    make_stream,
+    stored_reported,
+    wait_for,
+)
 
 from clickstream.ingest import IngestStats
 from clickstream.services import embedded
@@ -236,16 +242,27 @@ def test_sigkill_after_the_database_committed_a_micro_batch_loses_and_duplicates
     stored_before = stored_count(p)
     assert 0 < stored_before < len(stream.view_ids) + len(stream.order_lines)
 
-    restarted = subprocess.run(
-        [sys.executable, "-m", "clickstream", "consume", "--engine", "spark", "--until-idle", "2"],
-        env=p.env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert restarted.returncode == 0, restarted.stderr
-    assert "Traceback" not in restarted.stderr
-    summary = restarted.stdout
+    # Restarted from the checkpoint, then stopped by SIGTERM once everything is stored.
+    restart_log = tmp_path / "restart.log"
+    with open(restart_log, "w") as handle:
+        restarted = subprocess.Popen(
+            [sys.executable, "-m", "clickstream", "consume", "--engine", "spark"],
+            env=p.env(),
+            stdout=subprocess.PIPE,
+            stderr=handle,
+            text=True,
+        )
+    try:
+        total = len(stream.view_ids) + len(stream.order_lines)
+        wait_for(lambda: stored_count(p) >= total, 240, "the restarted job to store the rest")
+        restarted.send_signal(signal.SIGTERM)
+        summary, _ = restarted.communicate(timeout=120)
+    finally:
+        if restarted.poll() is None:
+            restarted.kill()
+    assert restarted.returncode == 0, restart_log.read_text()
+    assert "Traceback" not in restart_log.read_text()
+    assert "Spark query stopped" in restart_log.read_text()
     assert stored_reported(summary) == (
         len(stream.view_ids) + len(stream.order_lines) - stored_before
     ), summary

@@ -27,7 +27,7 @@ from clickstream.config import Settings
 from clickstream.errors import Unavailable
 from clickstream.ingest import IngestStats
 from clickstream.kafka.client import ensure_topics
-from clickstream.spark.sink import BatchSink
+from clickstream.spark.sink import BatchSink, warm_up
 from clickstream.store.db import connect
 
 __all__ = ["SparkIngestor", "checkpoint_dir"]
@@ -87,6 +87,7 @@ class SparkIngestor:
             settings.spark_sink == "auto" and not master.startswith("local")
         )
         checkpoint = checkpoint_dir(settings)
+        warm_up(spark)
         with tempfile.TemporaryDirectory(prefix="clickstream-spark-") as scratch:
             stop_file = str(Path(scratch) / "stop")
             query = (
@@ -158,9 +159,8 @@ class SparkIngestor:
             while not self.stop.wait(_POLL):
                 if not query.isActive:
                     error = query.exception()
-                    raise Unavailable(
-                        f"the Spark query stopped: {error}" if error else "the Spark query stopped"
-                    )
+                    cause = str(error).strip().splitlines()[0] if error else "no error given"
+                    raise Unavailable(f"the Spark query stopped: {cause}")
                 progress = query.lastProgress
                 now = time.monotonic()
                 if progress is not None and self.ready_at is None:
