@@ -1,8 +1,8 @@
 """Starting Spark for the engine: Java, the workers' interpreter, quiet logs.
 
 `clickstream consume --engine spark` starts a Spark driver itself (local mode by default).
-Under `spark-submit` the driver already exists and spark-submit's own `--master` and `--conf`
-apply; only the application name and the log settings are added then.
+Under `spark-submit` the driver's JVM already runs and spark-submit's own `--master`, `--conf`
+and log settings apply; only the application name and the streaming settings are added.
 """
 
 from __future__ import annotations
