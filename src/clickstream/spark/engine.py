@@ -87,7 +87,6 @@ class SparkIngestor:
             settings.spark_sink == "auto" and not master.startswith("local")
         )
         checkpoint = checkpoint_dir(settings)
-        warm_up(spark)
         with tempfile.TemporaryDirectory(prefix="clickstream-spark-") as scratch:
             stop_file = str(Path(scratch) / "stop")
             query = (
@@ -107,6 +106,9 @@ class SparkIngestor:
                 checkpoint,
             )
             try:
+                # While the query plans its first trigger: the first micro-batch with data
+                # would otherwise pay for starting the workers.
+                warm_up(spark)
                 self._watch(query, until_idle)
             finally:
                 self._stop_between_batches(query, stop_file)
