@@ -175,7 +175,8 @@ class SparkIngestor:
                     next_log = now + settings.ingest_log_every_seconds
                 if until_idle is not None and self.ready_at is not None and not self.sink.busy:
                     idle_for = now - max(self.ready_at, self.sink.last_rows_at or 0)
-                    if idle_for >= until_idle:
+                    # Idle and caught up: nothing on the broker past the last micro-batch.
+                    if idle_for >= until_idle and not any(_behind(progress).values()):
                         log.info("no new event for %.1fs: drained, stopping", idle_for)
                         return
         finally:
@@ -217,21 +218,26 @@ class SparkIngestor:
 
 
 def _offsets(text: str | None) -> dict[str, dict[str, int]]:
-    return json.loads(text) if text else {}
+    """Offsets from Spark's progress JSON; a source that reports none gives `null`."""
+    return (json.loads(text) if text else None) or {}
 
 
-def _lag(progress) -> str:
-    """Records on the broker past the last micro-batch, per topic, from Spark's progress."""
+def _behind(progress) -> dict[str, int]:
+    """Records on the broker past the last micro-batch, per topic; empty when unknown."""
     if not progress or not progress.get("sources"):
-        return "unknown"
+        return {}
     source = progress["sources"][0]
     end, latest = _offsets(source.get("endOffset")), _offsets(source.get("latestOffset"))
-    if not latest:
-        return "unknown"
-    per_topic = {
+    return {
         topic: sum(max(high - end.get(topic, {}).get(p, 0), 0) for p, high in parts.items())
         for topic, parts in latest.items()
     }
+
+
+def _lag(progress) -> str:
+    per_topic = _behind(progress)
+    if not per_topic:
+        return "unknown"
     return ", ".join(f"{topic} {count}" for topic, count in sorted(per_topic.items()))
 
 
