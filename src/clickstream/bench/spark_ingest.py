@@ -77,7 +77,7 @@ def run_spark_ingest_benchmark(
 
     python = _scratch(settings, SCRATCH_PYTHON, "python", run)
     try:
-        python_seconds, _ = _full_path(python, bootstrap, lines, consumers)
+        python_seconds, _ = _full_path(python, bootstrap, lines, consumers, metrics=False)
     finally:
         _delete_topics(bootstrap, list(python.topics))
     print(
