@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SPARK_STAMP := $(VENV)/.installed-spark
 # Airflow lives in its own virtualenv: the DAG test loads deploy/airflow with it.
 AIRFLOW_VENV  ?= .airflow-venv
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
@@ -15,6 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[embedded,test]'
 	touch $(STAMP)
 
+# The Spark engine's extra: the tests need it, the demo does not.
+$(SPARK_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,spark]'
+	touch $(SPARK_STAMP)
+
 $(AIRFLOW_STAMP):
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_VENV)/bin/pip install --quiet --upgrade pip
@@ -26,7 +32,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/clickstream demo
 
-test: $(STAMP) $(AIRFLOW_STAMP)
+test: $(SPARK_STAMP) $(AIRFLOW_STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/python -m pytest

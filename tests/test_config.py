@@ -108,13 +108,18 @@ def test_every_setting_can_be_set_from_the_environment():
         "ingest.max_event_bytes": "1000",
         "ingest.max_rejected_share": "0.05",
         "kafka.session_timeout_ms": "7000",
+        "spark.master": "yarn",
+        "spark.checkpoint_dir": "hdfs:///clickstream/checkpoints",
+        "spark.source": "kafka",
+        "spark.sink": "tasks",
+        "spark.commit_offsets": "no",
     }
     for setting in SETTINGS:
         value = samples.get(setting.key, "7")
         settings = load_settings(env={setting.env: value})
         parsed = getattr(settings, setting.attr)
         expected = setting.parse(value)
-        if setting.key.endswith("_dir"):
+        if setting.key in ("data_dir", "reports_dir"):
             expected = Path(expected)
         assert parsed == expected, setting.key
         assert parsed != setting.default or setting.default is None, setting.key

@@ -115,6 +115,16 @@ def _bool(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(value).lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: its YAML path (`section.name`), parser, default and one-line meaning."""
@@ -244,6 +254,44 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "secret key of the keyed hash (HMAC) that erasure records keep instead of a user id",
     ),
+    Setting(
+        "spark.master",
+        _text,
+        "local[*]",
+        "Spark master of `consume --engine spark` (spark-submit's --master wins under it)",
+    ),
+    Setting(
+        "spark.checkpoint_dir",
+        _optional_text,
+        None,
+        "where the Spark engine checkpoints its offsets, one folder per consumer group;"
+        " empty means spark-checkpoints in the data directory",
+    ),
+    Setting(
+        "spark.source",
+        _choice("python", "kafka"),
+        "python",
+        "python: the project's Kafka source; kafka: Spark's own (needs its connector jar)",
+    ),
+    Setting(
+        "spark.sink",
+        _choice("auto", "driver", "tasks"),
+        "auto",
+        "driver: one transaction per micro-batch on the driver; tasks: each task writes its"
+        " share; auto: driver on local masters, tasks otherwise",
+    ),
+    Setting(
+        "spark.max_batch_events",
+        _int_at_least(1, 100_000_000),
+        200_000,
+        "most events one Spark micro-batch admits",
+    ),
+    Setting(
+        "spark.commit_offsets",
+        _bool,
+        True,
+        "also commit the Spark engine's offsets to the consumer group, for lag tools",
+    ),
 )
 
 
@@ -276,6 +324,12 @@ class Settings:
     realtime_readers: int
     realtime_max_streams: int
     demo_duration: float
+    spark_master: str
+    spark_checkpoint_dir: str | None
+    spark_source: str
+    spark_sink: str
+    spark_max_batch_events: int
+    spark_commit_offsets: bool
     privacy_hash_key: str | None = None
     source: str = field(default="defaults", compare=False)
 

@@ -30,6 +30,17 @@ def cmd_bench_realtime(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    if args.engine == "spark":
+        from clickstream.bench.spark_ingest import run_spark_ingest_benchmark
+
+        run_spark_ingest_benchmark(
+            settings,
+            events=args.events,
+            seed=args.seed,
+            consumers=args.consumers,
+            master=args.master,
+        )
+        return 0
     from clickstream.bench.ingest import run_ingest_benchmark
 
     run_ingest_benchmark(
@@ -83,6 +94,18 @@ def register(sub) -> None:
         help="the consumers' Prometheus metrics off, on (served and scraped every second), or"
         " both: (b) off, on, on, off in the same run, the last line giving each side's best"
         " and ratio=on/off (default off)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("python", "spark"),
+        default="python",
+        help="spark: measure consume --engine spark and, in the same run, the default engine "
+        "on the same events; last line: both events/s, Spark's start-up and ratio=spark/python",
+    )
+    p.add_argument(
+        "--master",
+        metavar="URL",
+        help="Spark master of --engine spark (default: spark.master, local[*])",
     )
     p = command(
         sub,

@@ -18,12 +18,12 @@ from clickstream.cli._common import (
     stop_on_signals,
 )
 from clickstream.config import Settings
+from clickstream.errors import UsageError
 
 log = logging.getLogger("clickstream")
 
 
 def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
-    from clickstream.ingest import Ingestor
     from clickstream.metrics import serve_consumer_metrics
     from clickstream.services.embedded import bootstrap_servers
 
@@ -37,7 +37,21 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
             settings.ingest_metrics_port,
         )
     stop = stop_on_signals()
-    ingestor = Ingestor(settings, bootstrap_servers(settings), stop=stop)
+    if args.engine == "spark":
+        from clickstream.spark.session import check_prerequisites
+
+        check_prerequisites()
+        from clickstream.spark.engine import SparkIngestor
+
+        ingestor = SparkIngestor(
+            settings, bootstrap_servers(settings), master=args.master, stop=stop
+        )
+    else:
+        from clickstream.ingest import Ingestor
+
+        if args.master:
+            raise UsageError("--master applies to --engine spark only")
+        ingestor = Ingestor(settings, bootstrap_servers(settings), stop=stop)
     stats = ingestor.run(until_idle=args.until_idle)
     took = time.monotonic() - stats.started
     print(
@@ -122,6 +136,18 @@ def register(sub) -> None:
         metavar="N",
         help="serve Prometheus metrics at http://ingest.metrics_host:N/metrics"
         " (default: ingest.metrics_port; 0 turns them off)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("python", "spark"),
+        default="python",
+        help="python (default): this process consumes; spark: the same job as a Spark "
+        "Structured Streaming query (needs clickstream[spark] and Java 17+)",
+    )
+    p.add_argument(
+        "--master",
+        metavar="URL",
+        help="Spark master for --engine spark (default: spark.master, local[*])",
     )
 
     p = command(

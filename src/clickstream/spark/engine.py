@@ -1,0 +1,278 @@
+"""`clickstream consume --engine spark`: the consumer as a Spark Structured Streaming query.
+
+The query reads both topics (the Python Kafka source, or Spark's own `kafka` source when
+`spark.source` is `kafka`), and a `foreachBatch` sink cleans and stores each micro-batch
+with the default engine's rules and writer. Spark's checkpoint under `spark.checkpoint_dir`
+holds the offsets: a micro-batch that was stored but not recorded as done is replayed after
+a crash, and the writer's `ON CONFLICT` makes that replay store nothing.
+
+Stopping: Spark's streaming thread must not be interrupted inside a Python `foreachBatch`,
+so the query is stopped between micro-batches. The Python source admits no new data once
+asked to (a stop file) and acknowledges it from the planning step; a micro-batch planned
+before that has then finished, and `query.stop()` interrupts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from clickstream.config import Settings
+from clickstream.errors import Unavailable
+from clickstream.ingest import IngestStats
+from clickstream.kafka.client import ensure_topics
+from clickstream.spark.sink import BatchSink, warm_up
+from clickstream.store.db import connect
+
+__all__ = ["SparkIngestor", "checkpoint_dir"]
+
+log = logging.getLogger("clickstream.spark")
+
+_POLL = 0.1  # seconds between looks at the running query
+
+
+def checkpoint_dir(settings: Settings) -> str:
+    """Where the query's checkpoint lives: one per consumer group (a path or a URL)."""
+    base = settings.spark_checkpoint_dir
+    if not base:
+        return str(settings.data_dir / "spark-checkpoints" / settings.kafka_consumer_group)
+    if "://" not in base:
+        base = str(Path(base).expanduser())
+    return f"{base.rstrip('/')}/{settings.kafka_consumer_group}"
+
+
+class SparkIngestor:
+    """The consumer on Spark: same input, same rows, same summary as `Ingestor`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        *,
+        master: str | None = None,
+        stop: threading.Event | None = None,
+        spark=None,
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.master = master or settings.spark_master
+        self.stop = stop or threading.Event()
+        self._spark = spark
+        self.sink = BatchSink(settings, tasks=False, stop=self.stop)
+        self.ready_at: float | None = None  # when the query finished its first trigger
+
+    @property
+    def stats(self) -> IngestStats:
+        return self.sink.stats
+
+    def run(self, until_idle: float | None = None) -> IngestStats:
+        """Consume until stopped, or until no event arrived for `until_idle` seconds."""
+        from clickstream.spark.session import spark_session
+
+        settings = self.settings
+        topics = list(settings.topics)
+        ensure_topics(self.bootstrap, topics, settings.kafka_partitions)
+        with connect(settings):  # the schema is current before any task writes
+            pass
+        spark = self._spark or spark_session(self.master)
+        # The master that runs the job decides (under spark-submit, spark-submit's).
+        master = spark.sparkContext.master
+        self.sink.tasks = settings.spark_sink == "tasks" or (
+            settings.spark_sink == "auto" and not master.startswith("local")
+        )
+        checkpoint = checkpoint_dir(settings)
+        with tempfile.TemporaryDirectory(prefix="clickstream-spark-") as scratch:
+            stop_file = str(Path(scratch) / "stop")
+            query = (
+                self._stream(spark, stop_file)
+                .writeStream.foreachBatch(self.sink)
+                .option("checkpointLocation", checkpoint)
+                .trigger(processingTime=f"{settings.ingest_batch_wait_ms} milliseconds")
+                .start()
+            )
+            log.info(
+                "consuming %s from %s on Spark %s (%s source, writes in %s), checkpoint %s",
+                ", ".join(topics),
+                self.bootstrap,
+                master,
+                settings.spark_source,
+                "tasks" if self.sink.tasks else "the driver",
+                checkpoint,
+            )
+            try:
+                # While the query plans its first trigger: the first micro-batch with data
+                # would otherwise pay for starting the workers.
+                warm_up(spark)
+                self._watch(query, until_idle)
+            finally:
+                self._stop_between_batches(query, stop_file)
+        return self.stats
+
+    def _stream(self, spark, stop_file: str):
+        """Both topics as rows of (topic, partition, offset, value, timestamp_ms)."""
+        settings = self.settings
+        kinds = {
+            settings.kafka_views_topic: "ProductView",
+            settings.kafka_orders_topic: "OrderEvent",
+        }
+        if settings.spark_source == "kafka":
+            reader = (
+                spark.readStream.format("kafka")
+                .option("kafka.bootstrap.servers", self.bootstrap)
+                .option("subscribe", ",".join(kinds))
+                .option("startingOffsets", "earliest")
+                .option("failOnDataLoss", "false")
+                .option("maxOffsetsPerTrigger", str(settings.spark_max_batch_events))
+            )
+            return reader.load().selectExpr(
+                "topic",
+                "partition",
+                "offset",
+                "value",
+                "CAST(unix_millis(timestamp) AS BIGINT) AS timestamp_ms",
+            )
+        from clickstream.spark.kafka_source import NAME, KafkaSource
+
+        spark.dataSource.register(KafkaSource)
+        return (
+            spark.readStream.format(NAME)
+            .option("bootstrap.servers", self.bootstrap)
+            .option("topics", json.dumps(kinds))
+            .option("group.id", settings.kafka_consumer_group)
+            .option("max_events", str(settings.spark_max_batch_events))
+            .option("stop_file", stop_file)
+            .load()
+        )
+
+    def _watch(self, query, until_idle: float | None) -> None:
+        settings = self.settings
+        committer = (
+            _OffsetCommitter(self.bootstrap, settings) if settings.spark_commit_offsets else None
+        )
+        next_log = time.monotonic() + settings.ingest_log_every_seconds
+        last_logged = (0, time.monotonic())
+        try:
+            while not self.stop.wait(_POLL):
+                if not query.isActive:
+                    error = query.exception()
+                    cause = str(error).strip().splitlines()[0] if error else "no error given"
+                    raise Unavailable(f"the Spark query stopped: {cause}")
+                progress = query.lastProgress
+                now = time.monotonic()
+                if progress is not None and self.ready_at is None:
+                    self.ready_at = now
+                    log.info("Spark query running: first trigger done")
+                if committer is not None and progress is not None:
+                    committer.commit(progress)
+                if now >= next_log:
+                    last_logged = self._log_progress(last_logged, progress)
+                    next_log = now + settings.ingest_log_every_seconds
+                if until_idle is not None and self.ready_at is not None and not self.sink.busy:
+                    idle_for = now - max(self.ready_at, self.sink.last_rows_at or 0)
+                    # Idle and caught up: nothing on the broker past the last micro-batch.
+                    if idle_for >= until_idle and not any(_behind(progress).values()):
+                        log.info("no new event for %.1fs: drained, stopping", idle_for)
+                        return
+        finally:
+            if committer is not None:
+                committer.commit(query.lastProgress)
+                committer.close()
+
+    def _stop_between_batches(self, query, stop_file: str) -> None:
+        """Stop once no micro-batch is running and none can start (see the module's notes)."""
+        if not query.isActive:
+            return
+        if self.settings.spark_source == "kafka":
+            # Spark's own source cannot be told to admit nothing: wait for a quiet moment.
+            while query.isActive and (self.sink.busy or query.status["isTriggerActive"]):
+                time.sleep(_POLL)
+        else:
+            Path(stop_file).touch()
+            ack = Path(stop_file + ".ack")
+            while query.isActive and not ack.exists():
+                time.sleep(_POLL)
+        query.stop()
+        log.info("Spark query stopped")
+
+    def _log_progress(self, last: tuple[int, float], progress) -> tuple[int, float]:
+        consumed, at = last
+        stats, now = self.stats, time.monotonic()
+        rate = (stats.consumed - consumed) / max(now - at, 1e-9)
+        log.info(
+            "%d events/s; stored %d views, %d order lines, %d dead letters, %d duplicates"
+            " skipped; lag %s",
+            rate,
+            stats.views,
+            stats.order_lines,
+            stats.dead_letters,
+            stats.duplicates,
+            _lag(progress),
+        )
+        return stats.consumed, now
+
+
+def _offsets(text: str | None) -> dict[str, dict[str, int]]:
+    """Offsets from Spark's progress JSON; a source that reports none gives `null`."""
+    return (json.loads(text) if text else None) or {}
+
+
+def _behind(progress) -> dict[str, int]:
+    """Records on the broker past the last micro-batch, per topic; empty when unknown."""
+    if not progress or not progress.get("sources"):
+        return {}
+    source = progress["sources"][0]
+    end, latest = _offsets(source.get("endOffset")), _offsets(source.get("latestOffset"))
+    return {
+        topic: sum(max(high - end.get(topic, {}).get(p, 0), 0) for p, high in parts.items())
+        for topic, parts in latest.items()
+    }
+
+
+def _lag(progress) -> str:
+    per_topic = _behind(progress)
+    if not per_topic:
+        return "unknown"
+    return ", ".join(f"{topic} {count}" for topic, count in sorted(per_topic.items()))
+
+
+class _OffsetCommitter:
+    """Commit what Spark finished to the consumer group, so the usual lag tools see progress.
+
+    Spark's checkpoint stays the source of truth; a brand-new query starts from these.
+    """
+
+    def __init__(self, bootstrap: str, settings: Settings) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": settings.kafka_consumer_group,
+                "enable.auto.commit": False,
+            }
+        )
+        self._committed: str | None = None
+
+    def commit(self, progress) -> None:
+        if not progress or not progress.get("sources"):
+            return
+        end = progress["sources"][0].get("endOffset")
+        if not end or end == self._committed:
+            return
+        offsets = [
+            TopicPartition(topic, int(partition), offset)
+            for topic, partitions in _offsets(end).items()
+            for partition, offset in partitions.items()
+        ]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._committed = end
+        except KafkaException as exc:
+            log.warning("committing offsets to the consumer group failed: %s", exc)
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,0 +1,301 @@
+"""The Spark engine against the default one: same input, same tables, same guarantees.
+
+One SparkSession (local mode) serves the whole test session; each scenario runs its own
+streaming query on its own topics, consumer group, checkpoint and database. The crash test
+runs `clickstream consume --engine spark` as a user would, in a process of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from conftest import Pipeline, fresh_database
+from test_ingest import (
+    assert_stored_exactly_once,
+    fast,
+    make_stream,
+    stored_reported,
+    wait_for,
+)
+
+from clickstream.ingest import IngestStats
+from clickstream.services import embedded
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session for every test here (it takes seconds to start)."""
+    if not IN_CI:
+        pytest.importorskip("pyspark", reason="the spark extra is not installed")
+    from clickstream.spark.session import spark_session
+
+    session = spark_session("local[2]")
+    yield session
+    session.stop()
+
+
+def consume(p: Pipeline, engine: str, spark=None, until_idle: float = 2.0) -> IngestStats:
+    """Run one engine over what is on the topics until it is drained."""
+    if engine == "python":
+        return p.consume(until_idle=until_idle)
+    from clickstream.spark.engine import SparkIngestor
+
+    settings = p.settings
+    if engine == "spark-tasks":
+        settings = dataclasses.replace(settings, spark_sink="tasks")
+    return SparkIngestor(settings, p.bootstrap, spark=spark).run(until_idle=until_idle)
+
+
+def committed(p: Pipeline) -> dict[tuple[str, int], int]:
+    consumer = Consumer(
+        {"bootstrap.servers": p.bootstrap, "group.id": p.settings.kafka_consumer_group}
+    )
+    try:
+        partitions = [
+            TopicPartition(topic, n)
+            for topic in p.settings.topics
+            for n in range(p.settings.kafka_partitions)
+        ]
+        return {
+            (tp.topic, tp.partition): tp.offset
+            for tp in consumer.committed(partitions, timeout=10)
+            if tp.offset >= 0
+        }
+    finally:
+        consumer.close()
+
+
+ENGINES = ["python", "spark", "spark-tasks"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_engine_stores_exactly_once_and_a_replay_stores_nothing(pipeline, engine, request):
+    spark = request.getfixturevalue("spark") if engine != "python" else None
+    p = fast(pipeline)
+    stream = make_stream(views=1500, orders=150, seed=31, bad_every=101)
+    p.produce_views(stream.views)
+    p.produce_orders(stream.orders)
+
+    first = consume(p, engine, spark)
+
+    assert first.consumed == len(stream.views) + len(stream.orders)
+    assert first.views == len(stream.view_ids)
+    assert first.order_lines == len(stream.order_lines)
+    assert first.dead_letters == len(stream.bad)
+    assert first.duplicates == 0
+    assert_stored_exactly_once(p, stream)  # dead letters with their payloads and reasons
+    reasons = {r.split(":")[0] for (r,) in p.query("SELECT reason FROM dead_letters")}
+    assert reasons == {"bad-json", "missing-field", "bad-utf8", "wrong-event", "bad-lineitems"}
+    # The group's offsets show everything consumed, for lag tools.
+    assert sum(committed(p).values()) == first.consumed
+
+    replay = fast(p, kafka_consumer_group=p.settings.kafka_consumer_group + "-again")
+    again = consume(replay, engine, spark)
+
+    assert again.consumed == first.consumed
+    assert (again.views, again.order_lines, again.dead_letters) == (0, 0, 0)
+    assert again.duplicates == len(stream.view_ids) + len(stream.order_lines)
+    assert_stored_exactly_once(p, stream)
+
+
+@pytest.mark.parametrize("engine", ["python", "spark"])
+def test_each_engine_stores_an_event_produced_twice_once(pipeline, engine, request):
+    spark = request.getfixturevalue("spark") if engine != "python" else None
+    p = fast(pipeline)
+    stream = make_stream(views=300, orders=30, seed=32, bad_every=None)
+    p.produce_views(stream.views[:200])
+    p.produce_orders(stream.orders)
+    consume(p, engine, spark)
+    p.produce_views(stream.views)  # the first 200 again, at new offsets
+    stats = consume(p, engine, spark)
+    assert stats.consumed == len(stream.views)
+    assert stats.views == len(stream.view_ids) - 200
+    assert stats.duplicates == 200
+    assert_stored_exactly_once(p, stream)
+
+
+# Columns a database fills in at ingest: they differ between any two runs.
+INGEST_TIME_COLUMNS = {"ingested_at", "received_at", "id", "updated_at", "reported_at"}
+
+
+def table_contents(url: str) -> dict[str, list[tuple]]:
+    """Every table's rows, ingest-time columns left out, in a stable order."""
+    with psycopg.connect(url) as conn:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+                " AND table_name <> 'schema_migrations' ORDER BY 1"
+            )
+        ]
+        contents = {}
+        for table in tables:
+            columns = [
+                f'"{name}"'
+                for (name,) in conn.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = 'public' AND table_name = %s ORDER BY ordinal_position",
+                    (table,),
+                )
+                if name not in INGEST_TIME_COLUMNS
+            ]
+            listed = ", ".join(columns)
+            contents[table] = conn.execute(
+                f"SELECT {listed} FROM {table} ORDER BY {listed}"
+            ).fetchall()
+    return contents
+
+
+def test_both_engines_give_identical_tables(pipeline, services, spark):
+    stream = make_stream(views=3000, orders=300, seed=33, bad_every=150)
+    p = fast(pipeline, spark_max_batch_events=2000)  # two micro-batches
+    p.produce_views(stream.views)
+    p.produce_orders(stream.orders)
+    consume(p, "python")
+    for url in fresh_database(embedded.database_url(services)):
+        other = fast(
+            p,
+            database_url=url,
+            kafka_consumer_group=p.settings.kafka_consumer_group + "-spark",
+        )
+        consume(other, "spark", spark)
+        python_tables = table_contents(p.settings.database_url)
+        spark_tables = table_contents(url)
+    assert set(python_tables) >= {"product_views", "order_lines", "dead_letters"}
+    assert sum(map(len, python_tables.values())) > len(stream.view_ids)
+    for table, rows in python_tables.items():
+        assert spark_tables[table] == rows, f"{table} differs between the engines"
+
+
+# -- a crash between PostgreSQL's commit and Spark's -------------------------------------------
+
+RECOMPUTED = {
+    "report_view_hours": """
+        SELECT date_trunc('hour', viewed_at, 'UTC'), productid, count(*), count(DISTINCT userid)
+        FROM product_views GROUP BY 1, 2 ORDER BY 1, 2""",
+    "report_order_hours": """
+        SELECT date_trunc('hour', ordered_at, 'UTC'), productid, count(*),
+               count(DISTINCT userid)
+        FROM order_lines GROUP BY 1, 2 ORDER BY 1, 2""",
+    "report_buyers": """
+        SELECT DISTINCT date_trunc('hour', ordered_at, 'UTC'), productid, userid
+        FROM order_lines ORDER BY 1, 2, 3""",
+    "user_product_hours": """
+        SELECT userid, productid, date_trunc('hour', viewed_at, 'UTC'), max(viewed_at)
+        FROM product_views GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""",
+}
+STORED = {
+    "report_view_hours": "SELECT hour, productid, views, viewers FROM report_view_hours",
+    "report_order_hours": "SELECT hour, productid, order_lines, buyers FROM report_order_hours",
+    "report_buyers": "SELECT hour, productid, userid FROM report_buyers",
+    "user_product_hours": "SELECT userid, productid, hour, viewed_at FROM user_product_hours",
+}
+
+
+def test_sigkill_after_the_database_committed_a_micro_batch_loses_and_duplicates_nothing(
+    pipeline, tmp_path, spark
+):
+    p = fast(pipeline, spark_max_batch_events=1000)
+    stream = make_stream(views=2500, orders=250, seed=34, bad_every=200)
+    p.produce_views(stream.views)
+    p.produce_orders(stream.orders)
+    from clickstream.spark.engine import checkpoint_dir
+    from clickstream.spark.sink import CRASH_AFTER_BATCH
+
+    log = tmp_path / "crash.log"
+    with open(log, "w") as handle:
+        crashed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clickstream",
+                "consume",
+                "--engine",
+                "spark",
+                "--until-idle",
+                "30",
+            ],
+            env=p.env() | {CRASH_AFTER_BATCH: "1"},
+            stdout=subprocess.PIPE,
+            stderr=handle,
+            text=True,
+            timeout=300,
+            start_new_session=True,  # its own process group: the JVM and workers die with it
+        )
+    assert crashed.returncode == -signal.SIGKILL, log.read_text()
+    checkpoint = Path(checkpoint_dir(p.settings))
+    planned = {f.name for f in (checkpoint / "offsets").iterdir() if f.name.isdigit()}
+    done = {f.name for f in (checkpoint / "commits").iterdir() if f.name.isdigit()}
+    assert planned - done, "Spark recorded the batch the crash should have cut off"
+    stored_before = stored_count(p)
+    assert 0 < stored_before < len(stream.view_ids) + len(stream.order_lines)
+
+    # Restarted from the checkpoint, then stopped by SIGTERM once everything is stored.
+    restart_log = tmp_path / "restart.log"
+    with open(restart_log, "w") as handle:
+        restarted = subprocess.Popen(
+            [sys.executable, "-m", "clickstream", "consume", "--engine", "spark"],
+            env=p.env(),
+            stdout=subprocess.PIPE,
+            stderr=handle,
+            text=True,
+        )
+    try:
+        total = len(stream.view_ids) + len(stream.order_lines)
+        wait_for(lambda: stored_count(p) >= total, 240, "the restarted job to store the rest")
+        restarted.send_signal(signal.SIGTERM)
+        summary, _ = restarted.communicate(timeout=120)
+    finally:
+        if restarted.poll() is None:
+            restarted.kill()
+    assert restarted.returncode == 0, restart_log.read_text()
+    assert "Traceback" not in restart_log.read_text()
+    assert "Spark query stopped" in restart_log.read_text()
+    assert stored_reported(summary) == (
+        len(stream.view_ids) + len(stream.order_lines) - stored_before
+    ), summary
+    replayed = re.search(r"([\d,]+) duplicates skipped", summary)
+    assert replayed and int(replayed.group(1).replace(",", "")) > 0, "no micro-batch replayed"
+    assert_stored_exactly_once(p, stream)
+    for table, query in RECOMPUTED.items():
+        assert p.query(STORED[table] + " ORDER BY 1, 2, 3") == p.query(query), table
+
+
+def stored_count(p: Pipeline) -> int:
+    return p.query(
+        "SELECT (SELECT count(*) FROM product_views) + (SELECT count(*) FROM order_lines)"
+    )[0][0]
+
+
+def test_spark_engine_without_java_says_so_in_one_line(pipeline, tmp_path):
+    env = pipeline.env() | {"PATH": str(tmp_path), "JAVA_HOME": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "clickstream", "consume", "--engine", "spark"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "clickstream: error: --engine spark needs Java 17 or newer and found none (no JAVA_HOME,"
+        " no java on PATH): install a JRE, e.g. apt-get install openjdk-17-jre-headless"
+    ]
+
+
+def test_master_without_the_spark_engine_is_refused(pipeline):
+    result = pipeline.cli("consume", "--master", "local[2]")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("clickstream: error: --master applies to --engine spark only")
