@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-from datetime import UTC, datetime
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import orjson
@@ -31,8 +32,8 @@ from clickstream.events import (
 
 VIEWS, ORDERS = "product-views", "orders"
 NOW = datetime(2026, 11, 24, 13, 30, 0, 250_000, tzinfo=UTC)
-KAFKA_MS = 1_795_000_000_123  # 2026-11-18T11:06:40.123Z
-KAFKA_TIME = "2026-11-18T11:06:40.123Z"
+KAFKA_MS = 1_795_525_201_456  # 2026-11-24T13:00:01.456Z, just after the events' own stamps
+KAFKA_TIME = "2026-11-24T13:00:01.456Z"
 REASON_CODES = {reason.value for reason in Reason}
 
 
@@ -220,8 +221,6 @@ def test_other_iso_timestamps_are_normalised_to_utc_milliseconds_z(stamp, stored
         # An ISO week date and a decimal comma are ISO-8601 that PostgreSQL does not read.
         ("2026-W48-2T13:00:00.000Z", "2026-11-24T13:00:00.000Z"),
         ("2026-11-24T13:00:00,123Z", "2026-11-24T13:00:00.123Z"),
-        # Years before 1000 keep four digits: PostgreSQL reads "1-01-01" as the year 2001.
-        ("0001-01-01T00:00:00", "0001-01-01T00:00:00.000Z"),
     ],
 )
 def test_iso_timestamps_postgresql_would_misread_are_normalised(stamp, stored):
@@ -233,12 +232,116 @@ def test_a_timestamp_outside_the_representable_range_takes_the_kafka_record_time
     assert clean(record(a_view(timestamp=stamp))).views[0].viewed_at == KAFKA_TIME
 
 
+def test_years_before_1000_keep_four_digits_when_formatted():
+    # PostgreSQL reads "1-01-01" as the year 2001; such times never pass the rule, but the
+    # one format must still be right for them.
+    moment = datetime(1, 1, 1, tzinfo=UTC)
+    assert events.format_timestamp(moment) == "0001-01-01T00:00:00.000Z"
+
+
 @pytest.mark.parametrize("kafka_ms", [2**63 - 1, 253_402_300_800_000, -1, 0])
 def test_an_unusable_kafka_time_falls_back_to_the_ingest_time(kafka_ms):
     view = a_view()
     del view["timestamp"]
     batch = clean(record(view, kafka_ms=kafka_ms))
     assert batch.views[0].viewed_at == "2026-11-24T13:30:00.250Z"
+
+
+# -- the event-time rule ------------------------------------------------------------------------
+#
+#   record time R (the Kafka record's timestamp); the producer's stamp t counts when
+#
+#        R - max_behind                R       R + max_ahead
+#   ----------[==========================|==========]---------->  t
+#     behind: replaced by R            usable          ahead: replaced by R
+
+NOW_MS = (NOW - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+RULE = events.EventTimeRule(max_ahead_ms=5_000, max_behind_ms=7 * 86_400_000)
+
+
+def canonical(ms: int) -> str:
+    return events.format_timestamp(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms))
+
+
+@pytest.mark.parametrize(
+    ("offset_ms", "fix"),
+    [
+        (0, None),
+        (5_000, None),  # exactly at the limit ahead: usable
+        (5_001, events.TimeFix.AHEAD),
+        (-7 * 86_400_000, None),  # exactly at the limit behind: usable
+        (-7 * 86_400_000 - 1, events.TimeFix.BEHIND),
+    ],
+)
+def test_a_stamp_counts_within_the_limits_around_its_record_time(offset_ms, fix):
+    stamp = canonical(KAFKA_MS + offset_ms)
+    expected = stamp if fix is None else KAFKA_TIME
+    assert events.event_time(stamp, KAFKA_MS, NOW_MS, RULE) == (expected, fix)
+    # The batch agrees, the fast path for plain views and the general rules alike.
+    for value in (a_view(timestamp=stamp), a_view(timestamp=stamp, extra=1)):
+        batch = clean(record(value))
+        assert batch.views[0].viewed_at == expected
+        assert batch.replaced_times == (Counter() if fix is None else Counter({(VIEWS, fix): 1}))
+
+
+@pytest.mark.parametrize(
+    ("stamp", "fix"),
+    [
+        (None, events.TimeFix.MISSING),
+        ("yesterday", events.TimeFix.BROKEN),
+        (17, events.TimeFix.BROKEN),
+        ("2026-13-45T99:00:00.000Z", events.TimeFix.BROKEN),
+        ("2099-01-01T00:00:00.000Z", events.TimeFix.AHEAD),
+        ("1999-12-31T23:59:59.999Z", events.TimeFix.TOO_OLD),
+    ],
+)
+def test_an_unusable_stamp_takes_the_record_time_and_says_why(stamp, fix):
+    generous = events.EventTimeRule(max_ahead_ms=5_000, max_behind_ms=100 * 365 * 86_400_000)
+    assert events.event_time(stamp, KAFKA_MS, NOW_MS, generous) == (KAFKA_TIME, fix)
+
+
+def test_a_view_stamped_2099_is_stored_at_its_record_time_and_counted():
+    view = a_view(timestamp="2099-06-01T12:00:00.000Z")
+    order = an_order(timestamp="2099-06-01T12:00:00.000Z")
+    batch = clean(record(view), record(order, Kind.ORDER), record(a_view(messageid="ok")))
+    assert [v.viewed_at for v in batch.views] == [KAFKA_TIME, "2026-11-24T13:00:00.123Z"]
+    assert {line.ordered_at for line in batch.order_lines} == {KAFKA_TIME}
+    assert batch.replaced_times == Counter(
+        {(VIEWS, events.TimeFix.AHEAD): 1, (ORDERS, events.TimeFix.AHEAD): 1}
+    )
+
+
+def test_a_missing_stamp_is_counted_as_missing():
+    view = a_view()
+    del view["timestamp"]
+    assert clean(record(view)).replaced_times == Counter({(VIEWS, events.TimeFix.MISSING): 1})
+
+
+def test_a_rejected_event_counts_no_replaced_time():
+    batch = clean(record(a_view(userid=42, timestamp="2099-01-01T00:00:00.000Z")))
+    assert len(batch.rejects) == 1 and batch.replaced_times == Counter()
+
+
+def test_a_record_time_far_ahead_of_the_clock_is_no_reference():
+    # Producer and record both say 2099: the clock of whoever applies the rule decides.
+    ms_2099 = KAFKA_MS + 73 * 365 * 86_400_000
+    stamp = canonical(ms_2099)
+    at, fix = events.event_time(stamp, ms_2099, NOW_MS, RULE)
+    assert (at, fix) == ("2026-11-24T13:30:00.250Z", events.TimeFix.AHEAD)
+    # Up to max_ahead ahead of the clock, the record time still counts.
+    assert events.event_time(None, NOW_MS + 5_000, NOW_MS, RULE) == (
+        canonical(NOW_MS + 5_000),
+        events.TimeFix.MISSING,
+    )
+
+
+def test_the_limits_come_from_the_rule_given():
+    tight = events.EventTimeRule(max_ahead_ms=0, max_behind_ms=1_000)
+    stamp = canonical(KAFKA_MS - 1_001)
+    batch = clean_batch([record(a_view(timestamp=stamp))], now=NOW, rule=tight)
+    assert batch.views[0].viewed_at == KAFKA_TIME
+    assert batch.replaced_times == Counter({(VIEWS, events.TimeFix.BEHIND): 1})
+    assert clean(record(a_view(timestamp=stamp))).views[0].viewed_at == stamp
 
 
 # -- broken payloads ----------------------------------------------------------------------------
@@ -581,6 +684,8 @@ def _check_each_record_has_exactly_one_fate(records: list[RawEvent], max_bytes: 
         expected.order_lines += fate.order_lines
         expected.rejects += fate.rejects
         expected.orders += fate.orders
+        expected.replaced_times += fate.replaced_times
+        assert sum(fate.replaced_times.values()) <= len(fate.views) + (1 if fate.orders else 0)
     assert clean_batch(records, max_event_bytes=max_bytes, now=NOW) == expected
 
 
@@ -707,7 +812,8 @@ def test_the_fast_path_for_plain_views_agrees_with_the_general_rules(data):
 
 def test_plain_views_take_the_fast_path():
     """The agreement test above would pass vacuously if nothing took the fast path."""
-    raw = record(orjson.dumps(a_view()), Kind.VIEW, 0, None)
-    assert events._plain_view(raw, 65536, "fallback") == clean_batch([raw]).views[0]
-    unusual = record(orjson.dumps(a_view(extra=1)), Kind.VIEW, 0, None)
-    assert events._plain_view(unusual, 65536, "fallback") is None
+    raw = record(orjson.dumps(a_view()), Kind.VIEW, 0)
+    times = events._EventTimes(KAFKA_MS, events.EventTimeRule(), Counter())
+    assert events._plain_view(raw, 65536, times) == clean(raw).views[0]
+    unusual = record(orjson.dumps(a_view(extra=1)), Kind.VIEW, 0)
+    assert events._plain_view(unusual, 65536, times) is None

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clickstream.events import (
+    EventTimeRule,
+    Kind,
+    RawEvent,
+    TimeFix,
+    clean_batch,
+    epoch_ms,
+    format_timestamp,
+)
 from clickstream.natural import natural_key
 from clickstream.realtime.window import SlidingWindow, View, ranked
 
@@ -169,6 +181,7 @@ def test_a_duplicate_read_from_another_partition_counts_once():
 
 
 def test_a_slightly_fast_clock_is_shown_at_once_a_broken_one_is_counted():
+    # The window alone, given event times the rule already let through (below: both).
     # now = 20s
     #   a stamped 22s (2 s ahead, within the 5 s skew): shown now, placed at 20
     #   b stamped 60s (40 s ahead): counted as future, never shown
@@ -179,6 +192,71 @@ def test_a_slightly_fast_clock_is_shown_at_once_a_broken_one_is_counted():
     assert shown(window, 29_999)["users"] == ["user-a"]
     assert shown(window, 30_000)["users"] == []
     assert shown(window, 61_000)["users"] == []
+
+
+def _cleaned(now_ms: int, *stamped: tuple[str, str | None, int]) -> tuple[list[View], Counter]:
+    """Views (messageid, stamp, record time) through the consumer's rules, as the live
+    view's readers clean them on a clock at `now_ms`."""
+    raw = [
+        RawEvent(
+            Kind.VIEW,
+            "product-views",
+            0,
+            offset,
+            orjson.dumps(
+                {
+                    "event": "ProductView",
+                    "messageid": mid,
+                    "userid": f"user-{mid}",
+                    "properties": {"productid": "product-1"},
+                    "context": {"source": "ios"},
+                    "timestamp": stamp,
+                }
+            ),
+            record_ms,
+        )
+        for offset, (mid, stamp, record_ms) in enumerate(stamped)
+    ]
+    now = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=now_ms)
+    batch = clean_batch(raw, now=now, rule=EventTimeRule(max_ahead_ms=5_000))
+    views = [
+        View(v.messageid, v.userid, "category-1", v.source, epoch_ms(v.viewed_at))
+        for v in batch.views
+    ]
+    return views, Counter({fix: n for (_, fix), n in batch.replaced_times.items()})
+
+
+def test_the_window_places_views_by_the_one_event_time_rule():
+    # Server clock T; the rule first judges each stamp against its Kafka record's time,
+    # then the window judges what the rule lets through against the server's clock.
+    #
+    #   stamp:   T-20s        T-1s   T     T+3s      T+8s         2099
+    #   record:  T            T-1s         T+2.5s    T+4s         T-1s
+    #            late         shown        shown     future       replaced by T-1s: shown
+    #            (window)                  at T      (window)     (rule, counted)
+    T = 1_795_525_200_000  # 2026-11-24T13:00:00Z
+    window = SlidingWindow(W, max_skew_ms=5_000)
+    views, replaced = _cleaned(
+        T,
+        ("late", _at(T - 20_000), T),
+        ("now", _at(T - 1_000), T - 1_000),
+        ("fast-broker", _at(T + 3_000), T + 2_500),
+        ("too-fast", _at(T + 8_000), T + 4_000),
+        ("y2099", "2099-01-01T00:00:00.000Z", T - 1_000),
+    )
+    window.add(views, now_ms=T)
+    assert shown(window, T)["users"] == ["user-fast-broker", "user-now", "user-y2099"]
+    assert (window.late, window.future) == (1, 1)
+    assert replaced == Counter({TimeFix.AHEAD: 1})
+    # The 2099 view leaves one window after its record time, like any other.
+    assert shown(window, T + W - 1_000)["users"] == ["user-fast-broker"]
+    # A record far ahead of this clock is no reference: the clock's own time is.
+    views, replaced = _cleaned(T, ("skewed", _at(T + 60_000), T + 60_000))
+    assert [v.at_ms for v in views] == [T] and replaced == Counter({TimeFix.AHEAD: 1})
+
+
+def _at(ms: int) -> str:
+    return format_timestamp(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms))
 
 
 def test_ranking_is_counts_descending_then_natural_name():

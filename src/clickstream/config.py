@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from clickstream.errors import ConfigError
+from clickstream.events import EventTimeRule
 
 __all__ = ["SETTINGS", "Setting", "Settings", "load_settings"]
 
@@ -168,6 +169,12 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "PostgreSQL connection URL; empty means the embedded pgserver",
     ),
+    Setting(
+        "database.auto_migrate",
+        _bool,
+        True,
+        "let `clickstream consume` create or upgrade the schema on start when its role may",
+    ),
     Setting("ingest.batch_size", _int_at_least(1, 1_000_000), 20000, "events per write batch"),
     Setting(
         "ingest.batch_wait_ms",
@@ -212,6 +219,18 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "127.0.0.1",
         "address the consumer's metrics listen on (0.0.0.0 for a scraper on another host)",
+    ),
+    Setting(
+        "events.max_ahead_seconds",
+        _int_at_least(0, 86_400),
+        5,
+        "an event's timestamp further ahead of its Kafka record's is replaced by the record's",
+    ),
+    Setting(
+        "events.max_behind_seconds",
+        _int_at_least(1, 315_360_000),
+        604_800,
+        "an event's timestamp further behind its Kafka record's is replaced by the record's",
     ),
     Setting("api.host", _text, "127.0.0.1", "address `clickstream serve` listens on"),
     Setting("api.port", _int_at_least(1, 65535), 8000, "port `clickstream serve` listens on"),
@@ -306,6 +325,7 @@ class Settings:
     kafka_consumer_group: str
     kafka_session_timeout_ms: int
     database_url: str | None
+    database_auto_migrate: bool
     ingest_batch_size: int
     ingest_batch_wait_ms: int
     ingest_max_event_bytes: int
@@ -314,6 +334,8 @@ class Settings:
     ingest_log_every_seconds: float
     ingest_metrics_port: int
     ingest_metrics_host: str
+    events_max_ahead_seconds: int
+    events_max_behind_seconds: int
     api_host: str
     api_port: int
     api_workers: int
@@ -336,6 +358,14 @@ class Settings:
     @property
     def topics(self) -> tuple[str, str]:
         return (self.kafka_views_topic, self.kafka_orders_topic)
+
+    @property
+    def event_time_rule(self) -> EventTimeRule:
+        """The one event-time rule with these settings' limits (`clickstream.events`)."""
+        return EventTimeRule(
+            max_ahead_ms=self.events_max_ahead_seconds * 1000,
+            max_behind_ms=self.events_max_behind_seconds * 1000,
+        )
 
     @property
     def embedded_kafka(self) -> bool:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,6 +56,12 @@ _PRIVILEGES = "INSERT, SELECT"
 
 @dataclass
 class IngestStats:
+    """What this consumer did since it started.
+
+    `replaced_times` counts the stored events whose own timestamp the event-time rule
+    replaced by their record's, per (topic, cause): the counter a metric exports.
+    """
+
     consumed: int = 0
     views: int = 0
     order_lines: int = 0
@@ -63,6 +70,7 @@ class IngestStats:
     duplicates: int = 0
     batches: int = 0
     retries: int = 0
+    replaced_times: Counter[tuple[str, str]] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
     def add(self, batch: CleanBatch, written: WriteResult) -> None:
@@ -72,6 +80,16 @@ class IngestStats:
         self.dead_letters += written.dead_letters
         self.duplicates += written.duplicates
         self.batches += 1
+        self.replaced_times.update(batch.replaced_times)
+
+    def replaced_times_text(self) -> str:
+        """`3 event times replaced (ahead 2, missing 1)`, for the log and the summary."""
+        by_cause: Counter[str] = Counter()
+        for (_, cause), count in self.replaced_times.items():
+            by_cause[cause] += count
+        total = sum(by_cause.values())
+        causes = ", ".join(f"{cause} {count:,}" for cause, count in sorted(by_cause.items()))
+        return f"{total:,} event times replaced" + (f" ({causes})" if causes else "")
 
 
 class Ingestor:
@@ -215,7 +233,11 @@ class Ingestor:
             self._conn = None
 
     def _clean(self, raw: list[RawEvent]) -> CleanBatch:
-        return clean_batch(raw, max_event_bytes=self.settings.ingest_max_event_bytes)
+        return clean_batch(
+            raw,
+            max_event_bytes=self.settings.ingest_max_event_bytes,
+            rule=self.settings.event_time_rule,
+        )
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -286,12 +308,13 @@ class Ingestor:
         rate = (self.stats.consumed - consumed) / max(now - at, 1e-9)
         log.info(
             "%d events/s; stored %d views, %d order lines, %d dead letters, %d duplicates"
-            " skipped; lag %s",
+            " skipped, %s; lag %s",
             rate,
             self.stats.views,
             self.stats.order_lines,
             self.stats.dead_letters,
             self.stats.duplicates,
+            self.stats.replaced_times_text(),
             self._lag(),
         )
         return self.stats.consumed, now

@@ -57,7 +57,8 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     print(
         f"consumed {stats.consumed:,} events in {took:.1f}s: stored {stats.views:,} views and"
         f" {stats.order_lines:,} order lines of {stats.orders:,} orders,"
-        f" {stats.dead_letters:,} dead letters, {stats.duplicates:,} duplicates skipped"
+        f" {stats.dead_letters:,} dead letters, {stats.duplicates:,} duplicates skipped,"
+        f" {stats.replaced_times_text()}"
     )
     return 0
 

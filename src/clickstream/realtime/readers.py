@@ -10,7 +10,6 @@ seek is only a shortcut on Tansu.
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import marshal
 import multiprocessing
@@ -22,32 +21,15 @@ from multiprocessing.connection import Connection
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clickstream.errors import ClickstreamError
-from clickstream.events import Kind, RawEvent, clean_batch
+from clickstream.events import EventTimeRule, Kind, RawEvent, clean_batch, epoch_ms
 from clickstream.kafka.logs import LOG as KAFKA_LOG
 from clickstream.kafka.records import is_partition_eof, raw_event
 from clickstream.process import tune_garbage_collector
 
-__all__ = ["Share", "epoch_ms", "partitions", "read_share"]
+__all__ = ["Share", "partitions", "read_share"]
 
 BATCH_SIZE = 10_000
 POLL_SECONDS = 0.05
-
-_seconds_cache: dict[str, int] = {}
-
-
-def epoch_ms(stamp: str) -> int:
-    """`2026-11-24T13:00:00.123Z` (the one format `clean_batch` emits) in epoch milliseconds.
-
-    The whole-second part is parsed once per second of event time, not once per event.
-    """
-    head = stamp[:19]
-    seconds = _seconds_cache.get(head)
-    if seconds is None:
-        if len(_seconds_cache) > 4096:
-            _seconds_cache.clear()
-        seconds = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-        _seconds_cache[head] = seconds
-    return seconds * 1000 + int(stamp[20:23])
 
 
 @dataclass(frozen=True)
@@ -59,6 +41,7 @@ class Share:
     partitions: tuple[int, ...]
     since_ms: int
     max_event_bytes: int
+    rule: EventTimeRule
 
 
 def partitions(bootstrap: str, topic: str) -> list[int]:
@@ -117,8 +100,8 @@ def read_share(share: Share, sender: Connection, stop) -> None:
                     (history if event.partition in behind else live).append(event)
                 batch = (
                     "views",
-                    _rows(live, share.max_event_bytes),
-                    _rows(history, share.max_event_bytes),
+                    _rows(live, share),
+                    _rows(history, share),
                     len(live) + len(history),
                     not behind,
                 )
@@ -133,18 +116,12 @@ def read_share(share: Share, sender: Connection, stop) -> None:
             sender.send_bytes(marshal.dumps(("failed", f"{type(exc).__name__}: {exc}")))
 
 
-def _rows(raw: list[RawEvent], max_event_bytes: int) -> list[tuple]:
+def _rows(raw: list[RawEvent], share: Share) -> list[tuple]:
+    """The window's rows of what cleaning keeps, event times by the one rule."""
     if not raw:
         return []
-    rows = clean_batch(raw, max_event_bytes=max_event_bytes).views
-    seconds = _seconds_cache.get
-    out = []
-    append = out.append
-    for messageid, userid, productid, source, at in rows:
-        second = seconds(at[:19])
-        at_ms = second * 1000 + int(at[20:23]) if second is not None else epoch_ms(at)
-        append((messageid, userid, productid, source, at_ms))
-    return out
+    rows = clean_batch(raw, max_event_bytes=share.max_event_bytes, rule=share.rule).views
+    return [(m, u, p, s, epoch_ms(at)) for m, u, p, s, at in rows]
 
 
 def _seek(consumer: Consumer, share: Share) -> tuple[dict[int, int], list[int]]:

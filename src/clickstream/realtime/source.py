@@ -93,7 +93,7 @@ class RealtimeSource:
     ) -> None:
         self.settings = settings
         self.topic = settings.kafka_views_topic
-        self.window = SlidingWindow(settings.realtime_window_seconds * 1000)
+        self.window = self._fresh_window()
         self.received = 0
         self.newest_ms: int | None = None  # the newest event time the readers delivered
         self._bootstrap = bootstrap
@@ -107,6 +107,13 @@ class RealtimeSource:
         self._threads: list[threading.Thread] = []
         self._caught_up = threading.Event()
         self._connected = False
+
+    def _fresh_window(self) -> SlidingWindow:
+        """A window whose tolerance ahead of this server's clock is the event-time rule's."""
+        return SlidingWindow(
+            self.settings.realtime_window_seconds * 1000,
+            max_skew_ms=self.settings.event_time_rule.max_ahead_ms,
+        )
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -230,7 +237,7 @@ class RealtimeSource:
         count = min(self.settings.realtime_readers, len(partitions))
         with self._lock:
             # A fresh window per generation: it is rebuilt from the seek, as on start.
-            self.window = SlidingWindow(self.window.window_ms)
+            self.window = self._fresh_window()
         self._caught_up.clear()
         since = self._clock() - self.window.window_ms - SEEK_MARGIN_MS
         context = multiprocessing.get_context("spawn")
@@ -245,6 +252,7 @@ class RealtimeSource:
                     tuple(partitions[index::count]),
                     since,
                     self.settings.ingest_max_event_bytes,
+                    self.settings.event_time_rule,
                 )
                 process = context.Process(
                     target=read_share,

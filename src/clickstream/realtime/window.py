@@ -11,11 +11,14 @@ Semantics, all times in integer milliseconds, window length `W`, arrival time `n
   what has aged out, so the window empties when traffic stops.
 - *Late*: an event whose time is already out of the window on arrival (`t <= now - W`) is
   counted in `late` and never shown.
-- *Future* (clock skew): an event up to `max_skew_ms` ahead of `now` already happened, on a
-  clock that runs a little fast; it is shown at once, placed at its arrival time
-  (`t = now`). Further ahead than that, the timestamp is broken rather than skewed: the event
-  is counted in `future` and not shown (holding it would make it pop up at some arbitrary
-  later moment).
+- *Future* (clock skew): `t` is the event time of the one event-time rule
+  (`clickstream.events.event_time`), which already replaced a stamp too far ahead of its
+  Kafka record's time; what it lets through can still be ahead of this server's clock when
+  the producer's or the broker's clock runs fast. Up to `max_skew_ms` (the rule's own
+  `max_ahead_ms`, so one tolerance holds everywhere) it is shown at once, placed at its
+  arrival time (`t = now`). Further ahead, the clocks disagree by more than the rule
+  tolerates: the event is counted in `future` and not shown (holding it would make it pop up
+  at some arbitrary later moment).
 - *Duplicates*: an event whose `messageid` is already visible (the same event read twice,
   e.g. re-read from another partition or after a restart) is counted in `duplicates` and
   shown once.
@@ -39,17 +42,16 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from clickstream.events import DEFAULT_MAX_AHEAD_MS
 from clickstream.natural import natural_key
 
 __all__ = [
-    "DEFAULT_MAX_SKEW_MS",
     "Snapshot",
     "SlidingWindow",
     "View",
     "ranked",
 ]
 
-DEFAULT_MAX_SKEW_MS = 5_000
 _REBUILD_AFTER = 256  # users who joined or left since the last snapshot
 
 
@@ -97,7 +99,7 @@ def _remove(counts: dict[str, int], key: str) -> None:
 class SlidingWindow:
     """Distinct users, views per category and per platform over the last `window_ms`."""
 
-    def __init__(self, window_ms: int, *, max_skew_ms: int = DEFAULT_MAX_SKEW_MS) -> None:
+    def __init__(self, window_ms: int, *, max_skew_ms: int = DEFAULT_MAX_AHEAD_MS) -> None:
         if window_ms <= 0:
             raise ValueError("the window must be longer than 0 ms")
         if max_skew_ms < 0:
