@@ -34,6 +34,7 @@ from clickstream.ingest import Ingestor
 from clickstream.kafka.client import ensure_topics
 from clickstream.kafka.producer import produce_lines
 from clickstream.services import embedded
+from clickstream.store.schema import migrate
 
 EXTERNAL_PG_URL = os.environ.pop("CLICKSTREAM_DATABASE_URL", None)
 IN_CI = os.environ.get("CI", "").strip().lower() in {"true", "1"}
@@ -132,6 +133,8 @@ class Pipeline:
 
 
 def _pipeline(services: Settings, database_url: str) -> Pipeline:
+    with psycopg.connect(database_url) as conn:
+        migrate(conn)  # as `clickstream up` does
     suffix = uuid.uuid4().hex[:8]
     settings = dataclasses.replace(
         services,

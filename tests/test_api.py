@@ -24,6 +24,7 @@ from typing import NamedTuple
 from urllib.parse import quote
 
 import orjson
+import psycopg
 import pytest
 import schemathesis
 from conftest import fresh_database, settings_env
@@ -39,6 +40,7 @@ from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.ingest import Ingestor
 from clickstream.services import embedded
 from clickstream.store.db import connect
+from clickstream.store.schema import migrate
 from clickstream.store.writer import write_batch
 
 # -- helpers ------------------------------------------------------------------------------
@@ -115,7 +117,11 @@ def at(second: int) -> str:
 
 @pytest.fixture(scope="module")
 def empty_database(services) -> Iterator[str]:
-    yield from fresh_database(embedded.database_url(services))
+    """A database with the schema and no rows."""
+    for url in fresh_database(embedded.database_url(services)):
+        with psycopg.connect(url) as conn:
+            migrate(conn)
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -320,6 +326,8 @@ def test_healthz_is_503_while_the_database_is_down_and_the_rest_still_answers(
     )
     embedded.up(own)  # a PostgreSQL of this test's own, which it may stop
     try:
+        with connect(own, check_schema=False) as conn:
+            migrate(conn)
         server = serve(own)
         assert get(server, "/healthz").status == 200
         assert get(server, "/api/users/u/recently-viewed").status == 200

@@ -335,6 +335,15 @@ def test_a_record_time_far_ahead_of_the_clock_is_no_reference():
     )
 
 
+def test_without_a_record_time_the_clock_bounds_a_stamp_ahead_only():
+    year_old = canonical(NOW_MS - 365 * 86_400_000)
+    assert events.event_time(year_old, None, NOW_MS, RULE) == (year_old, None)
+    assert events.event_time("2099-01-01T00:00:00.000Z", None, NOW_MS, RULE) == (
+        "2026-11-24T13:30:00.250Z",
+        events.TimeFix.AHEAD,
+    )
+
+
 def test_the_limits_come_from_the_rule_given():
     tight = events.EventTimeRule(max_ahead_ms=0, max_behind_ms=1_000)
     stamp = canonical(KAFKA_MS - 1_001)

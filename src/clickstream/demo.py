@@ -27,6 +27,7 @@ from clickstream.reports.hourly import write_reports
 from clickstream.services import embedded
 from clickstream.store.catalog import upsert_products
 from clickstream.store.db import connect
+from clickstream.store.schema import describe
 
 __all__ = ["run_demo"]
 
@@ -52,7 +53,7 @@ BAD_ORDERS = [
 def run_demo(settings: Settings, *, duration: float, stop: threading.Event) -> int:
     print(f"clickstream demo: {duration:g}s of generated traffic on embedded services")
     embedded.up(settings)
-    prepare(settings)
+    print(f"  database schema: {describe(prepare(settings))}")
     bootstrap = embedded.bootstrap_servers(settings)
     for service in embedded.status(settings):
         print(f"  {service.name:<9} {service.address}")

@@ -23,6 +23,7 @@ __all__ = [
     "ReadOnlyDatabase",
     "RejectedByDatabase",
     "SchemaMismatch",
+    "SchemaOutOfDate",
     "ServiceDown",
     "StatementTimeout",
     "SystematicRefusal",
@@ -42,6 +43,11 @@ class UsageError(ClickstreamError):
 
 class ConfigError(UsageError):
     """A setting in config.yml or a CLICKSTREAM_* variable is unknown or has a bad value."""
+
+
+class SchemaOutOfDate(ClickstreamError):
+    """The database schema is older than this version needs: run `clickstream migrate`
+    (exit code 2; only `migrate` and a consumer allowed to change the schema)."""
 
 
 class ServiceDown(ClickstreamError):

@@ -259,11 +259,16 @@ def event_time(
     most `rule.max_ahead_ms` ahead of the Kafka record's timestamp and at most
     `rule.max_behind_ms` behind it. Otherwise the event takes the record's timestamp. A
     record time that is missing, before 2000 or ahead of `now_ms` (the clock of whoever
-    applies the rule) by more than `max_ahead_ms` is no reference either: `now_ms` is.
+    applies the rule) by more than `max_ahead_ms` is no reference: then `now_ms` bounds the
+    stamp ahead, nothing but the year 2000 bounds it behind, and replaces it when unusable.
     """
     rule = rule or DEFAULT_RULE
+    max_behind_ms = rule.max_behind_ms
     if record_ms is None or not EARLIEST_MS <= record_ms <= now_ms + rule.max_ahead_ms:
+        # No record time to judge by: the clock bounds the stamp ahead, and nothing behind
+        # (an old event cleaned again later, say replayed from the dead letters, is old).
         record_ms = now_ms
+        max_behind_ms = record_ms - EARLIEST_MS
     at = epoch_ms(stamp) if type(stamp) is str else None
     if at is not None:
         text = stamp
@@ -277,7 +282,7 @@ def event_time(
         return _format_ms(record_ms), TimeFix.TOO_OLD
     if at > record_ms + rule.max_ahead_ms:
         return _format_ms(record_ms), TimeFix.AHEAD
-    if at < record_ms - rule.max_behind_ms:
+    if at < record_ms - max_behind_ms:
         return _format_ms(record_ms), TimeFix.BEHIND
     return text, None
 

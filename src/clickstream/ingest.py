@@ -35,6 +35,7 @@ from clickstream.kafka.lag import PartitionLag, consumer_lag, describe
 from clickstream.kafka.records import raw_event
 from clickstream.metrics import IngestMetrics
 from clickstream.retry import retrying
+from clickstream.store import schema
 from clickstream.store.db import connect
 from clickstream.store.faults import database_errors
 from clickstream.store.refusals import store_around_refusals
@@ -108,8 +109,9 @@ class Ingestor:
         self.stop = stop or threading.Event()
         self.stats = IngestStats()
         self.metrics = IngestMetrics(settings)
+        # Reconnects do not look at the schema: a consumer's first start made it current.
         self._connect_db = connect_db or (
-            lambda: connect(settings, application_name=APPLICATION_NAME)
+            lambda: connect(settings, check_schema=False, application_name=APPLICATION_NAME)
         )
         self._conn: psycopg.Connection | None = None
         self._kinds = {
@@ -246,6 +248,16 @@ class Ingestor:
         ensure_topics(self.bootstrap, list(self._kinds), self.settings.kafka_partitions)
         self._conn = self._connect_db()
         settings = self.settings
+        try:
+            with database_errors(privileges="CREATE"):
+                applied = schema.migrate_on_start(
+                    self._conn, allowed=settings.database_auto_migrate
+                )
+        except BaseException:
+            self._drop_connection()
+            raise
+        if applied:
+            log.info("database schema: %s", schema.describe(applied))
         consumer = Consumer(
             consumer_config(
                 self.bootstrap, settings.kafka_consumer_group, settings.kafka_session_timeout_ms

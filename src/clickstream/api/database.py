@@ -1,9 +1,12 @@
 """The API's PostgreSQL connection pool, opened on first use.
 
 Opening lazily lets the server start, and `/healthz` answer 503, while the database is down;
-the first request after it comes back opens the pool and brings the schema up to date.
-Driver and pool errors leave this module translated by the error policy (store/faults.py):
-every one is a fault the app answers with 503, a reason and Retry-After, never a 500.
+the first request after it comes back opens the pool. The API never changes the schema: it
+checks that it is current before opening the pool, and while it is older than this version
+needs, every request that needs the database (and `/healthz`) gets 503 with "run
+`clickstream migrate`". Driver and pool errors leave this module translated by the error
+policy (store/faults.py): every one is a fault the app answers with 503, a reason and
+Retry-After, never a 500.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ WAIT_SECONDS = 5.0
 CHECK_SECONDS = 2.0
 
 
-def _prepare_schema(settings: Settings) -> str:
+def _check_schema(settings: Settings) -> str:
+    """The database's URL once its schema is current (SchemaOutOfDate otherwise)."""
     from clickstream.services.embedded import database_url
     from clickstream.store.db import connect
 
@@ -50,7 +54,7 @@ class Database:
         async with self._opening:
             if self._pool is None:
                 try:
-                    url = await asyncio.to_thread(_prepare_schema, self.settings)
+                    url = await asyncio.to_thread(_check_schema, self.settings)
                 except Unavailable:
                     raise
                 except ClickstreamError as exc:

@@ -32,7 +32,6 @@ from clickstream.bench.server import free_port, start_server
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.store.recent import FIRST_WINDOW, RECENT_ENTRIES
-from clickstream.store.schema import migrate
 
 __all__ = ["ORIGINAL_QUERY", "run_api_benchmark"]
 
@@ -83,7 +82,6 @@ def _load(url: str, *, views: int, users: int) -> None:
     """
     chunk = 500_000
     with psycopg.connect(url, autocommit=True) as conn:
-        migrate(conn)
         for statement in (
             "SET maintenance_work_mem = '512MB'",
             "SET work_mem = '512MB'",

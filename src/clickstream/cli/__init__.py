@@ -3,7 +3,7 @@
 Each command group lives in a module of its own (`services`, `data`, `pipeline`,
 `dead_letters`, `privacy`, `bench`), which registers its subcommands. Every failure a user
 can cause ends in one line on stderr and a non-zero exit code (2 for bad arguments or
-settings), never a traceback.
+settings, and for a database schema older than this version needs), never a traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from clickstream import __version__
 from clickstream.cli import bench, data, dead_letters, pipeline, privacy, services
 from clickstream.cli._common import Parser
 from clickstream.config import load_settings
-from clickstream.errors import ClickstreamError, UsageError
+from clickstream.errors import ClickstreamError, SchemaOutOfDate, UsageError
 from clickstream.process import tune_garbage_collector
 
 __all__ = ["build_parser", "main"]
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         return args.func(settings, args)
-    except UsageError as exc:
+    except (UsageError, SchemaOutOfDate) as exc:
         print(f"clickstream: error: {exc}", file=sys.stderr)
         return 2
     except ClickstreamError as exc:

@@ -72,6 +72,16 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.api.server import serve
+    from clickstream.errors import ServiceDown, Unavailable
+    from clickstream.store.db import connect
+
+    # An older schema stops the server here (exit 2); a database that is down does not:
+    # the server answers what it can and /healthz says what is missing until it is back.
+    try:
+        with connect(settings):
+            pass
+    except (ServiceDown, Unavailable) as exc:
+        log.warning("%s; serving anyway, /healthz answers 503 until the database is back", exc)
 
     host = args.host or settings.api_host
     port = settings.api_port if args.port is None else args.port

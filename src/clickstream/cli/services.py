@@ -11,10 +11,32 @@ from clickstream.config import Settings
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.prepare import prepare
     from clickstream.services import embedded
+    from clickstream.store.schema import describe
 
     embedded.up(settings)
-    prepare(settings)
+    applied = prepare(settings)
     _print_status(embedded.status(settings))
+    print(f"database schema: {describe(applied)}")
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg
+
+    from clickstream.errors import ClickstreamError
+    from clickstream.store.db import connect
+    from clickstream.store.schema import describe, migrate
+
+    with connect(settings, check_schema=False) as conn:
+        try:
+            applied = migrate(conn)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            why = str(exc).strip().splitlines()[0]
+            raise ClickstreamError(
+                f"this role may not change the schema ({why}): run `clickstream migrate`"
+                " as the role that owns it; nothing was changed"
+            ) from None
+    print(describe(applied))
     return 0
 
 
@@ -52,6 +74,20 @@ def register(sub) -> None:
         "what already runs is left alone. Tansu keeps topics in memory only.",
     )
     command(sub, "down", cmd_down, "stop the embedded broker and database")
+    command(
+        sub,
+        "migrate",
+        cmd_migrate,
+        "create or upgrade the database schema",
+        "Apply the schema migrations this version needs, in one transaction under an "
+        "advisory lock, and print them (`applied 0005_x, 0006_y`), or `schema is current` "
+        "when there is nothing to do; running it again changes nothing. The only command "
+        "that changes the schema besides `up`, the demo and a consumer's first start "
+        "(database.auto_migrate). Run it as the role that owns the tables; some migrations "
+        "lock the event tables while they run (see the README's upgrade notes). `serve` and "
+        "`report` never change the schema: on an older one they stop with exit code 2 and "
+        "say to run this.",
+    )
     command(
         sub,
         "status",
