@@ -14,20 +14,24 @@ One hour, 2026-11-24T13, holds (by category):
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import psycopg
 import pytest
+from conftest import Pipeline, fresh_database
 
 from clickstream.events import Kind, RawEvent, clean_batch, format_timestamp
 from clickstream.reports.hourly import read_counts
 from clickstream.reports.hours import parse_hour
 from clickstream.reports.queries import raw_counts
 from clickstream.reports.ranking import ProductUsers
+from clickstream.services import embedded
 from clickstream.store.catalog import upsert_products
 from clickstream.store.db import connect
 from clickstream.store.schema import MIGRATIONS, migrate
@@ -331,8 +335,18 @@ def test_events_through_kafka_and_the_consumer_reach_the_report(pipeline, tmp_pa
     )
 
 
-def test_the_migration_counts_events_stored_before_it(pipeline):
+@pytest.fixture
+def before_0002(pipeline) -> Iterator[Pipeline]:
+    """The pipeline on a database that has only the first migration's tables."""
+    for url in fresh_database(embedded.database_url(pipeline.settings)):
+        yield dataclasses.replace(
+            pipeline, settings=dataclasses.replace(pipeline.settings, database_url=url)
+        )
+
+
+def test_the_migration_counts_events_stored_before_it(before_0002):
     """A database that already holds events gets its counters from them when it upgrades."""
+    pipeline = before_0002
     url = pipeline.settings.database_url
     with psycopg.connect(url) as conn:
         for statement in MIGRATIONS["0001_core"]:
