@@ -132,6 +132,12 @@ def register(sub) -> None:
         "(connection, privilege, schema, read-only, timeout, disk full) is a fault, retried "
         "with backoff up to ingest.retry_max_seconds and logged with its cause and remedy, "
         "nothing committed meanwhile. Run several to share the partitions. "
+        "An event's time is its own timestamp unless that is missing, broken, before 2000, "
+        "more than events.max_ahead_seconds (5) ahead of or events.max_behind_seconds "
+        "(7 days) behind its Kafka record's timestamp: then the record's, and the "
+        "replacement is counted in the progress log and the summary. On first start it "
+        "creates or upgrades the schema when its role may, unless database.auto_migrate is "
+        "false (then an older schema stops it with exit code 2). "
         "SIGTERM or Ctrl-C finishes the current batch and stops.",
     )
     p.add_argument(
@@ -170,7 +176,9 @@ def register(sub) -> None:
         "UTC hour H (default: the last complete hour), each file atomically; a rerun gives the "
         "same bytes. Events of products missing from the catalog are left out and counted. "
         "--every-hour keeps running: it writes each hour shortly after it closes, catches up "
-        "the hours it missed while stopped, and rewrites an hour that received late events.",
+        "the hours it missed while stopped, and rewrites an hour that received late events. "
+        "It never changes the schema: on an older one it stops with exit code 2 and says to "
+        "run `clickstream migrate`.",
     )
     window = p.add_mutually_exclusive_group()
     window.add_argument(
@@ -211,7 +219,9 @@ def register(sub) -> None:
         "serve the recommendation API and the dashboard",
         "Serve the HTTP API (OpenAPI docs at /docs) with uvicorn. SIGTERM or Ctrl-C lets the "
         "requests in flight finish, then stops. With CLICKSTREAM_API_KEY set, every /api/ "
-        "request needs the key in the X-API-Key header.",
+        "request needs the key in the X-API-Key header. It never changes the schema and "
+        "needs only SELECT: on an older schema it stops with exit code 2 and says to run "
+        "`clickstream migrate` (a running server answers /healthz and lookups with 503).",
     )
     p.add_argument("--host", help="address to listen on (default: api.host, 127.0.0.1)")
     p.add_argument("--port", type=port_number, help="port to listen on (default: api.port, 8000)")
@@ -229,6 +239,9 @@ def register(sub) -> None:
         "the live 5-minute view in the terminal",
         "Read the views topic straight from Kafka (as the dashboard's server does) and show "
         "active users, views per category and views per platform over the last "
-        "realtime.window_seconds, redrawn every second. Ctrl-C exits.",
+        "realtime.window_seconds, redrawn every second. Events are placed by the consumer's "
+        "event time (a timestamp too far from its Kafka record's takes the record's); one "
+        "still ahead of this clock by more than events.max_ahead_seconds is counted as "
+        "future, not shown. Ctrl-C exits.",
     )
     p.add_argument("--once", action="store_true", help="print the view once, then exit")
