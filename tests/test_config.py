@@ -105,6 +105,7 @@ def test_every_setting_can_be_set_from_the_environment():
         "api.metrics": "off",
         "ingest.metrics_host": "0.0.0.0",
         "ingest.metrics_port": "9101",
+        "database.auto_migrate": "off",
         "ingest.max_event_bytes": "1000",
         "ingest.max_rejected_share": "0.05",
         "kafka.session_timeout_ms": "7000",

@@ -31,6 +31,7 @@ from clickstream.ingest import APPLICATION_NAME, Ingestor
 from clickstream.services import embedded
 from clickstream.store.db import connect
 from clickstream.store.recompute import differences
+from clickstream.store.schema import migrate
 
 # Short timeouts keep restarts and rebalances quick: a killed member leaves the group
 # after the session timeout.
@@ -46,8 +47,8 @@ FAST = {
 def fast(pipeline: Pipeline, **changes) -> Pipeline:
     """The pipeline with FAST settings and its schema in place, so counts can be polled."""
     settings = dataclasses.replace(pipeline.settings, **(FAST | changes))
-    with connect(settings):
-        pass
+    with connect(settings, check_schema=False) as conn:
+        migrate(conn)
     return Pipeline(settings, pipeline.bootstrap)
 
 

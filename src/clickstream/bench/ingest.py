@@ -163,7 +163,9 @@ def _cleaned(settings: Settings, lines: list[bytes]) -> tuple[list[RawEvent], Cl
         )
         for offset, line in enumerate(lines)
     ]
-    batch = clean_batch(raw, max_event_bytes=settings.ingest_max_event_bytes)
+    batch = clean_batch(
+        raw, max_event_bytes=settings.ingest_max_event_bytes, rule=settings.event_time_rule
+    )
     if batch.rejects:
         raise RuntimeError(f"generated events must be valid: {batch.rejects[0].reason}")
     return raw, batch
