@@ -28,7 +28,7 @@ import psycopg
 
 from clickstream.config import Settings
 from clickstream.errors import RejectedByDatabase
-from clickstream.events import CleanBatch, Kind, RawEvent, Reason, clean_batch
+from clickstream.events import CleanBatch, EventTimeRule, Kind, RawEvent, Reason, clean_batch
 from clickstream.store import dead_letters as store
 from clickstream.store.faults import database_errors
 from clickstream.store.writer import write_batch
@@ -56,7 +56,7 @@ def _ms(moment) -> int:
 
 
 def _clean_one(
-    letter: store.Stored, kind: Kind, max_event_bytes: int
+    letter: store.Stored, kind: Kind, max_event_bytes: int, rule: EventTimeRule
 ) -> tuple[CleanBatch, str | None]:
     raw = RawEvent(
         kind,
@@ -66,7 +66,8 @@ def _clean_one(
         letter.payload,
         _ms(letter.kafka_timestamp or letter.received_at),
     )
-    cleaned = clean_batch([raw], max_event_bytes=max_event_bytes, now=letter.received_at)
+    # The event-time rule as the consumer applied it when the record arrived.
+    cleaned = clean_batch([raw], max_event_bytes=max_event_bytes, now=letter.received_at, rule=rule)
     return cleaned, (cleaned.rejects[0].reason if cleaned.rejects else None)
 
 
@@ -133,7 +134,9 @@ def _replay_chunk(
         kind = kinds.get(letter.topic)
         if kind is None:
             continue  # a topic this configuration does not consume: left as it was
-        cleaned, rejected = _clean_one(letter, kind, settings.ingest_max_event_bytes)
+        cleaned, rejected = _clean_one(
+            letter, kind, settings.ingest_max_event_bytes, settings.event_time_rule
+        )
         if rejected is not None:
             outcomes[letter.id] = f"still-rejected: {rejected}"
             messageid = _messageid(letter.payload)
