@@ -64,7 +64,7 @@ def _clean_one(
         letter.partition,
         letter.offset,
         letter.payload,
-        _ms(letter.kafka_timestamp or letter.received_at),
+        _ms(letter.kafka_timestamp) if letter.kafka_timestamp else None,
     )
     # The event-time rule as the consumer applied it when the record arrived.
     cleaned = clean_batch([raw], max_event_bytes=max_event_bytes, now=letter.received_at, rule=rule)
