@@ -103,10 +103,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def get(port: int, path: str) -> tuple[int, dict]:
+def get(port: int, path: str, key: str | None = None) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"X-API-Key": key} if key else {})
         response = conn.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -172,19 +172,29 @@ def test_report_on_a_database_without_the_schema_says_so(empty, tmp_path):
 
 def test_the_api_answers_503_with_the_reason_until_migrate_runs(one_behind):
     before = tables(one_behind.settings.database_url)
-    server = run_in_background(one_behind.settings, "127.0.0.1", 0)
+    key = "k3y"
+    settings = dataclasses.replace(one_behind.settings, api_key=key)
+    server = run_in_background(settings, "127.0.0.1", 0)
     try:
-        status, health = get(server.port, "/healthz")
+        assert get(server.port, "/healthz") == (
+            503,
+            {
+                "status": "unavailable",
+                "database": {"status": "unavailable"},
+                "broker": {"status": "ok"},
+            },
+        )
+        status, health = get(server.port, "/healthz", key)  # with the key: the reason too
         assert status == 503
-        assert health["database"]["ok"] is False
-        assert "run `clickstream migrate`" in health["database"]["detail"]
-        assert f"needs {NEWEST}" in health["database"]["detail"]
-        status, body = get(server.port, "/api/users/user-1/recently-viewed")
+        assert health["database"]["detail"] == out_of_date(BEFORE_NEWEST).removeprefix(
+            "clickstream: error: "
+        )
+        status, body = get(server.port, "/api/users/user-1/recently-viewed", key)
         assert status == 503 and "run `clickstream migrate`" in body["error"]
         assert tables(one_behind.settings.database_url) == before
 
         assert one_behind.cli("migrate").returncode == 0
-        assert get(server.port, "/api/users/user-1/recently-viewed") == (
+        assert get(server.port, "/api/users/user-1/recently-viewed", key) == (
             200,
             {"user_id": "user-1", "products": []},
         )
@@ -299,8 +309,10 @@ def test_consume_report_and_serve_work_with_the_documented_roles(empty, roles, t
         _wait_for(port, server)
         status, body = get(port, "/api/users/user-0/recently-viewed")
         assert (status, sorted(body["products"])) == (200, ["product-0", "product-1"])
-        status, health = get(port, "/healthz")
-        assert status == 200 and health["database"]["ok"] is True
+        assert get(port, "/healthz") == (
+            200,
+            {"status": "ok", "database": {"status": "ok"}, "broker": {"status": "ok"}},
+        )
     finally:
         server.terminate()
         _, stderr = server.communicate(timeout=30)

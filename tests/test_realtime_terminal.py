@@ -17,8 +17,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from clickstream.events import Kind, RawEvent, clean_batch, format_timestamp
-from clickstream.realtime.readers import epoch_ms
+from clickstream.events import Kind, RawEvent, clean_batch, epoch_ms, format_timestamp
 from clickstream.realtime.source import LiveState
 from clickstream.realtime.terminal import render
 from clickstream.realtime.window import SlidingWindow
