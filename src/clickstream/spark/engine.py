@@ -28,7 +28,9 @@ from clickstream.errors import Unavailable
 from clickstream.ingest import IngestStats
 from clickstream.kafka.client import ensure_topics
 from clickstream.spark.sink import BatchSink, warm_up
+from clickstream.store import schema
 from clickstream.store.db import connect
+from clickstream.store.faults import database_errors
 
 __all__ = ["SparkIngestor", "checkpoint_dir"]
 
@@ -78,8 +80,15 @@ class SparkIngestor:
         settings = self.settings
         topics = list(settings.topics)
         ensure_topics(self.bootstrap, topics, settings.kafka_partitions)
-        with connect(settings):  # the schema is current before any task writes
-            pass
+        # The schema is current before any task writes: migrated here, as the default
+        # engine does on first start, when allowed and the role may.
+        with (
+            connect(settings, check_schema=False) as conn,
+            database_errors(privileges="CREATE"),
+        ):
+            applied = schema.migrate_on_start(conn, allowed=settings.database_auto_migrate)
+        if applied:
+            log.info("database schema: %s", schema.describe(applied))
         spark = self._spark or spark_session(self.master)
         # The master that runs the job decides (under spark-submit, spark-submit's).
         master = spark.sparkContext.master

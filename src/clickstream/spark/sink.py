@@ -84,7 +84,11 @@ class BatchSink:
         if not raw:
             return
         self.stats.consumed += len(raw)
-        batch = clean_batch(raw, max_event_bytes=self.settings.ingest_max_event_bytes)
+        batch = clean_batch(
+            raw,
+            max_event_bytes=self.settings.ingest_max_event_bytes,
+            rule=self.settings.event_time_rule,
+        )
         self._ingestor._write_with_retry(raw, batch)
         self.last_rows_at = time.monotonic()  # idle time counts from the end of a batch
 
@@ -120,7 +124,9 @@ def write_share(
         if ingestor is None:
             ingestor = _TASK_WRITERS[str(settings.database_url)] = Ingestor(settings, "")
         ingestor.stats = stats
-        batch = clean_batch(raw, max_event_bytes=settings.ingest_max_event_bytes)
+        batch = clean_batch(
+            raw, max_event_bytes=settings.ingest_max_event_bytes, rule=settings.event_time_rule
+        )
         ingestor._write_with_retry(raw, batch)
         stats.consumed = len(raw)
     return pa.RecordBatch.from_pylist(
