@@ -395,3 +395,35 @@ def test_a_constraint_refusing_every_view_is_a_fault_not_bad_events(harness, cap
     assert "the database refused more than" in lines
     assert 'violates check constraint "botched"' in lines
     assert "ingest.max_rejected_share" in lines
+
+
+def test_the_database_down_when_the_consumer_starts(own_harness, caplog):
+    """Started during an outage, the consumer waits for the database instead of exiting."""
+    h, stop_database, start_database = own_harness
+    p = h.p
+    stream = make_stream(views=500, orders=50, seed=67, bad_every=None)
+    h.admin.close()
+    stop_database()
+    ingestor = Ingestor(
+        p.settings, p.bootstrap, connect_db=lambda: connect(p.settings, check_schema=False)
+    )
+    thread = Background(ingestor.run, "ingest")
+    thread.start()
+    try:
+        p.produce_views(stream.views)
+        p.produce_orders(stream.orders)
+        wait_for(lambda: "nothing consumed yet" in _retry_lines(caplog), 60, "a retry at start")
+        assert thread.is_alive(), thread.error
+        start_database()
+        h.admin = psycopg.connect(h.admin_url, autocommit=True)
+        wait_for(
+            lambda: sum(committed(p).values()) == len(stream.views) + len(stream.orders),
+            90,
+            "every event to be stored and committed",
+        )
+    finally:
+        ingestor.stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive(), "the consumer did not stop"
+    assert thread.result.dead_letters == 0
+    assert_stored_exactly_once(p, stream)

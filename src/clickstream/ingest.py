@@ -246,18 +246,13 @@ class Ingestor:
     def run(self, until_idle: float | None = None) -> IngestStats:
         """Consume until stopped, or until no event arrived for `until_idle` seconds."""
         ensure_topics(self.bootstrap, list(self._kinds), self.settings.kafka_partitions)
-        self._conn = self._connect_db()
         settings = self.settings
-        try:
-            with database_errors(privileges="CREATE"):
-                applied = schema.migrate_on_start(
-                    self._conn, allowed=settings.database_auto_migrate
-                )
-        except BaseException:
-            self._drop_connection()
-            raise
-        if applied:
-            log.info("database schema: %s", schema.describe(applied))
+        # A database that is down at start is a fault like any other: wait for it.
+        for attempt in retrying(
+            log, "nothing consumed yet", max_wait=settings.ingest_retry_max_seconds, stop=self.stop
+        ):
+            with attempt:
+                self._connect_and_migrate()
         consumer = Consumer(
             consumer_config(
                 self.bootstrap, settings.kafka_consumer_group, settings.kafka_session_timeout_ms
@@ -302,6 +297,20 @@ class Ingestor:
         finally:
             self._shutdown(consumer)
         return self.stats
+
+    def _connect_and_migrate(self) -> None:
+        self._drop_connection()
+        self._conn = self._connect_db()
+        try:
+            with database_errors(privileges="CREATE"):
+                applied = schema.migrate_on_start(
+                    self._conn, allowed=self.settings.database_auto_migrate
+                )
+        except BaseException:
+            self._drop_connection()
+            raise
+        if applied:
+            log.info("database schema: %s", schema.describe(applied))
 
     def _shutdown(self, consumer: Consumer) -> None:
         try:
