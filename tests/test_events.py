@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clickstream import events
+from clickstream import event_time, events
 from clickstream.events import (
     MAX_ID_LENGTH,
     MAX_QUANTITY,
@@ -236,7 +236,7 @@ def test_years_before_1000_keep_four_digits_when_formatted():
     # PostgreSQL reads "1-01-01" as the year 2001; such times never pass the rule, but the
     # one format must still be right for them.
     moment = datetime(1, 1, 1, tzinfo=UTC)
-    assert events.format_timestamp(moment) == "0001-01-01T00:00:00.000Z"
+    assert event_time.format_timestamp(moment) == "0001-01-01T00:00:00.000Z"
 
 
 @pytest.mark.parametrize("kafka_ms", [2**63 - 1, 253_402_300_800_000, -1, 0])
@@ -256,11 +256,12 @@ def test_an_unusable_kafka_time_falls_back_to_the_ingest_time(kafka_ms):
 #     behind: replaced by R            usable          ahead: replaced by R
 
 NOW_MS = (NOW - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
-RULE = events.EventTimeRule(max_ahead_ms=5_000, max_behind_ms=7 * 86_400_000)
+RULE = event_time.EventTimeRule(max_ahead_ms=5_000, max_behind_ms=7 * 86_400_000)
 
 
 def canonical(ms: int) -> str:
-    return events.format_timestamp(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms))
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    return event_time.format_timestamp(moment)
 
 
 @pytest.mark.parametrize(
@@ -268,15 +269,15 @@ def canonical(ms: int) -> str:
     [
         (0, None),
         (5_000, None),  # exactly at the limit ahead: usable
-        (5_001, events.TimeFix.AHEAD),
+        (5_001, event_time.TimeFix.AHEAD),
         (-7 * 86_400_000, None),  # exactly at the limit behind: usable
-        (-7 * 86_400_000 - 1, events.TimeFix.BEHIND),
+        (-7 * 86_400_000 - 1, event_time.TimeFix.BEHIND),
     ],
 )
 def test_a_stamp_counts_within_the_limits_around_its_record_time(offset_ms, fix):
     stamp = canonical(KAFKA_MS + offset_ms)
     expected = stamp if fix is None else KAFKA_TIME
-    assert events.event_time(stamp, KAFKA_MS, NOW_MS, RULE) == (expected, fix)
+    assert event_time.event_time(stamp, KAFKA_MS, NOW_MS, RULE) == (expected, fix)
     # The batch agrees, the fast path for plain views and the general rules alike.
     for value in (a_view(timestamp=stamp), a_view(timestamp=stamp, extra=1)):
         batch = clean(record(value))
@@ -287,17 +288,17 @@ def test_a_stamp_counts_within_the_limits_around_its_record_time(offset_ms, fix)
 @pytest.mark.parametrize(
     ("stamp", "fix"),
     [
-        (None, events.TimeFix.MISSING),
-        ("yesterday", events.TimeFix.BROKEN),
-        (17, events.TimeFix.BROKEN),
-        ("2026-13-45T99:00:00.000Z", events.TimeFix.BROKEN),
-        ("2099-01-01T00:00:00.000Z", events.TimeFix.AHEAD),
-        ("1999-12-31T23:59:59.999Z", events.TimeFix.TOO_OLD),
+        (None, event_time.TimeFix.MISSING),
+        ("yesterday", event_time.TimeFix.BROKEN),
+        (17, event_time.TimeFix.BROKEN),
+        ("2026-13-45T99:00:00.000Z", event_time.TimeFix.BROKEN),
+        ("2099-01-01T00:00:00.000Z", event_time.TimeFix.AHEAD),
+        ("1999-12-31T23:59:59.999Z", event_time.TimeFix.TOO_OLD),
     ],
 )
 def test_an_unusable_stamp_takes_the_record_time_and_says_why(stamp, fix):
-    generous = events.EventTimeRule(max_ahead_ms=5_000, max_behind_ms=100 * 365 * 86_400_000)
-    assert events.event_time(stamp, KAFKA_MS, NOW_MS, generous) == (KAFKA_TIME, fix)
+    generous = event_time.EventTimeRule(max_ahead_ms=5_000, max_behind_ms=100 * 365 * 86_400_000)
+    assert event_time.event_time(stamp, KAFKA_MS, NOW_MS, generous) == (KAFKA_TIME, fix)
 
 
 def test_a_view_stamped_2099_is_stored_at_its_record_time_and_counted():
@@ -307,14 +308,14 @@ def test_a_view_stamped_2099_is_stored_at_its_record_time_and_counted():
     assert [v.viewed_at for v in batch.views] == [KAFKA_TIME, "2026-11-24T13:00:00.123Z"]
     assert {line.ordered_at for line in batch.order_lines} == {KAFKA_TIME}
     assert batch.replaced_times == Counter(
-        {(VIEWS, events.TimeFix.AHEAD): 1, (ORDERS, events.TimeFix.AHEAD): 1}
+        {(VIEWS, event_time.TimeFix.AHEAD): 1, (ORDERS, event_time.TimeFix.AHEAD): 1}
     )
 
 
 def test_a_missing_stamp_is_counted_as_missing():
     view = a_view()
     del view["timestamp"]
-    assert clean(record(view)).replaced_times == Counter({(VIEWS, events.TimeFix.MISSING): 1})
+    assert clean(record(view)).replaced_times == Counter({(VIEWS, event_time.TimeFix.MISSING): 1})
 
 
 def test_a_rejected_event_counts_no_replaced_time():
@@ -326,30 +327,30 @@ def test_a_record_time_far_ahead_of_the_clock_is_no_reference():
     # Producer and record both say 2099: the clock of whoever applies the rule decides.
     ms_2099 = KAFKA_MS + 73 * 365 * 86_400_000
     stamp = canonical(ms_2099)
-    at, fix = events.event_time(stamp, ms_2099, NOW_MS, RULE)
-    assert (at, fix) == ("2026-11-24T13:30:00.250Z", events.TimeFix.AHEAD)
+    at, fix = event_time.event_time(stamp, ms_2099, NOW_MS, RULE)
+    assert (at, fix) == ("2026-11-24T13:30:00.250Z", event_time.TimeFix.AHEAD)
     # Up to max_ahead ahead of the clock, the record time still counts.
-    assert events.event_time(None, NOW_MS + 5_000, NOW_MS, RULE) == (
+    assert event_time.event_time(None, NOW_MS + 5_000, NOW_MS, RULE) == (
         canonical(NOW_MS + 5_000),
-        events.TimeFix.MISSING,
+        event_time.TimeFix.MISSING,
     )
 
 
 def test_without_a_record_time_the_clock_bounds_a_stamp_ahead_only():
     year_old = canonical(NOW_MS - 365 * 86_400_000)
-    assert events.event_time(year_old, None, NOW_MS, RULE) == (year_old, None)
-    assert events.event_time("2099-01-01T00:00:00.000Z", None, NOW_MS, RULE) == (
+    assert event_time.event_time(year_old, None, NOW_MS, RULE) == (year_old, None)
+    assert event_time.event_time("2099-01-01T00:00:00.000Z", None, NOW_MS, RULE) == (
         "2026-11-24T13:30:00.250Z",
-        events.TimeFix.AHEAD,
+        event_time.TimeFix.AHEAD,
     )
 
 
 def test_the_limits_come_from_the_rule_given():
-    tight = events.EventTimeRule(max_ahead_ms=0, max_behind_ms=1_000)
+    tight = event_time.EventTimeRule(max_ahead_ms=0, max_behind_ms=1_000)
     stamp = canonical(KAFKA_MS - 1_001)
     batch = clean_batch([record(a_view(timestamp=stamp))], now=NOW, rule=tight)
     assert batch.views[0].viewed_at == KAFKA_TIME
-    assert batch.replaced_times == Counter({(VIEWS, events.TimeFix.BEHIND): 1})
+    assert batch.replaced_times == Counter({(VIEWS, event_time.TimeFix.BEHIND): 1})
     assert clean(record(a_view(timestamp=stamp))).views[0].viewed_at == stamp
 
 
@@ -822,7 +823,7 @@ def test_the_fast_path_for_plain_views_agrees_with_the_general_rules(data):
 def test_plain_views_take_the_fast_path():
     """The agreement test above would pass vacuously if nothing took the fast path."""
     raw = record(orjson.dumps(a_view()), Kind.VIEW, 0)
-    times = events._EventTimes(KAFKA_MS, events.EventTimeRule(), Counter())
+    times = event_time.BatchTimes(KAFKA_MS, event_time.EventTimeRule(), Counter())
     assert events._plain_view(raw, 65536, times) == clean(raw).views[0]
     unusual = record(orjson.dumps(a_view(extra=1)), Kind.VIEW, 0)
     assert events._plain_view(unusual, 65536, times) is None

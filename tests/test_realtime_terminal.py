@@ -17,7 +17,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from clickstream.events import Kind, RawEvent, clean_batch, epoch_ms, format_timestamp
+from clickstream.event_time import epoch_ms, format_timestamp
+from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.realtime.source import LiveState
 from clickstream.realtime.terminal import render
 from clickstream.realtime.window import SlidingWindow

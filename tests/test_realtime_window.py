@@ -12,15 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clickstream.events import (
-    EventTimeRule,
-    Kind,
-    RawEvent,
-    TimeFix,
-    clean_batch,
-    epoch_ms,
-    format_timestamp,
-)
+from clickstream.event_time import EventTimeRule, TimeFix, epoch_ms, format_timestamp
+from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.natural import natural_key
 from clickstream.realtime.window import SlidingWindow, View, ranked
 

@@ -26,7 +26,8 @@ import psycopg
 import pytest
 from conftest import Pipeline, fresh_database
 
-from clickstream.events import Kind, RawEvent, clean_batch, format_timestamp
+from clickstream.event_time import format_timestamp
+from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.reports.hourly import read_counts
 from clickstream.reports.hours import parse_hour
 from clickstream.reports.queries import raw_counts

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from clickstream.errors import ConfigError
-from clickstream.events import EventTimeRule
+from clickstream.event_time import EventTimeRule
 
 __all__ = ["SETTINGS", "Setting", "Settings", "load_settings"]
 

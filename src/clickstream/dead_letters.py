@@ -28,7 +28,8 @@ import psycopg
 
 from clickstream.config import Settings
 from clickstream.errors import RejectedByDatabase
-from clickstream.events import CleanBatch, EventTimeRule, Kind, RawEvent, Reason, clean_batch
+from clickstream.event_time import EventTimeRule
+from clickstream.events import CleanBatch, Kind, RawEvent, Reason, clean_batch
 from clickstream.store import dead_letters as store
 from clickstream.store.faults import database_errors
 from clickstream.store.writer import write_batch

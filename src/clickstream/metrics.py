@@ -216,7 +216,7 @@ def _newest_event_time(batch: CleanBatch) -> float | None:
     )
     if not newest:
         return None
-    from clickstream.events import epoch_ms
+    from clickstream.event_time import epoch_ms
 
     return epoch_ms(newest) / 1000
 

@@ -21,7 +21,8 @@ from multiprocessing.connection import Connection
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clickstream.errors import ClickstreamError
-from clickstream.events import EventTimeRule, Kind, RawEvent, clean_batch, epoch_ms
+from clickstream.event_time import EventTimeRule, epoch_ms
+from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.kafka.logs import LOG as KAFKA_LOG
 from clickstream.kafka.records import is_partition_eof, raw_event
 from clickstream.process import tune_garbage_collector

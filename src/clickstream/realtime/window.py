@@ -42,7 +42,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from clickstream.events import DEFAULT_MAX_AHEAD_MS
+from clickstream.event_time import DEFAULT_MAX_AHEAD_MS
 from clickstream.natural import natural_key
 
 __all__ = [
