@@ -19,17 +19,18 @@ Derivation = tuple[str, str]  # (name, statement)
 # 0004_user_product_hours): what the recently-viewed API reads, and what makes the hourly
 # distinct-viewer counters exact. Grouped because one batch may hold several views of a
 # triple; ordered so that concurrent consumers lock rows in one order. It RETURNs the triples
-# it inserted (a row that was only updated has a non-zero xmax, the updating transaction's
-# lock), and those are the batch's new distinct viewers; a triple another consumer inserted
-# first is updated or skipped here, so it is counted once.
+# it inserted (an update sets `revised`, which a new row has false; a partitioned table has no
+# xmax to RETURN), and those are the batch's new distinct viewers; a triple another consumer
+# inserted first is updated or skipped here, so it is counted once.
 USER_PRODUCT_HOURS = """
     INSERT INTO user_product_hours AS r (userid, productid, hour, viewed_at)
     SELECT userid, productid, date_bin('1 hour', viewed_at, '2000-01-01 00:00+00'),
            max(viewed_at)
     FROM new_product_views GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (userid, productid, hour) DO UPDATE SET viewed_at = excluded.viewed_at
+    ON CONFLICT (userid, productid, hour) DO UPDATE SET viewed_at = excluded.viewed_at,
+        revised = true
     WHERE r.viewed_at < excluded.viewed_at
-    RETURNING hour, productid, r.xmax = 0 AS inserted
+    RETURNING hour, productid, NOT r.revised AS inserted
 """
 
 # The hourly reports' counters (see migration 0002_report_aggregates), pre-grouped per batch:

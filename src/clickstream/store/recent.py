@@ -1,7 +1,8 @@
 """Reads of users' recently viewed products, from the `user_product_hours` table the ingest keeps.
 
-A user's rows, newest first through the index `(userid, viewed_at DESC, productid)`, list each
-product once per hour it was viewed in, and a product's first row is its latest view. So the
+A user's rows, newest first through the index `(userid, hour DESC, viewed_at DESC, productid)`
+(the hour is viewed_at's bin, so it sorts the same, and it lets PostgreSQL read the table's
+daily partitions newest first and stop), list each product once per hour it was viewed in, and a product's first row is its latest view. So the
 first `limit` distinct products of the newest rows are the answer. A lookup reads a window of
 twice `limit` rows and widens it only for a user whose window repeats products so much that
 it holds fewer than `limit` of them: it reads a handful of rows, however long the history.
@@ -18,13 +19,13 @@ _WIDEN = 4
 
 RECENT_ENTRIES = (
     "SELECT productid FROM user_product_hours WHERE userid = %s"
-    " ORDER BY viewed_at DESC, productid LIMIT %s"
+    " ORDER BY hour DESC, viewed_at DESC, productid LIMIT %s"
 )
 
 # Several windows in one statement: one row per (user, window) pair, in the order given.
 _RECENT_ENTRIES_MANY = (
     "SELECT array(SELECT productid FROM user_product_hours WHERE userid = q.userid"
-    " ORDER BY viewed_at DESC, productid LIMIT q.rows)"
+    " ORDER BY hour DESC, viewed_at DESC, productid LIMIT q.rows)"
     " FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS q(userid, rows, i) ORDER BY q.i"
 )
 

@@ -34,6 +34,48 @@ log = logging.getLogger("clickstream.schema")
 
 _LOCK_ID = 0x636C6B73  # "clks"
 
+_PARTITIONED_0008 = {
+    "product_views": "viewed_at",
+    "order_lines": "ordered_at",
+    "user_product_hours": "hour",
+    "report_buyers": "hour",
+}
+_DAYS_AHEAD_0008 = 2
+
+
+def _partition_table_0008(table: str, column: str) -> tuple[str, ...]:
+    """Replace `table` by one partitioned by UTC day of `column`, its rows copied over.
+
+    LIKE keeps every column, default and CHECK the table has, whichever migration added them.
+    """
+    day = f"({column} AT TIME ZONE 'UTC')::date"
+    return (
+        f"ALTER TABLE {table} RENAME TO {table}_unpartitioned",
+        f"CREATE TABLE {table} (LIKE {table}_unpartitioned"
+        f" INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)"
+        f" PARTITION BY RANGE ({column})",
+        f"""
+        DO $$
+        DECLARE d date;
+        BEGIN
+            FOR d IN
+                SELECT DISTINCT {day} FROM {table}_unpartitioned
+                UNION
+                SELECT (now() AT TIME ZONE 'UTC')::date + i
+                FROM generate_series(0, {_DAYS_AHEAD_0008}) AS i
+            LOOP
+                EXECUTE format(
+                    'CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                    '{table}_p' || to_char(d, 'YYYYMMDD'), '{table}',
+                    d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
+            END LOOP;
+        END $$
+        """,
+        f"INSERT INTO {table} SELECT * FROM {table}_unpartitioned",
+        f"DROP TABLE {table}_unpartitioned",
+    )
+
+
 MIGRATIONS: dict[str, tuple[str, ...]] = {
     "0001_core": (
         """
@@ -230,6 +272,57 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
         )
         """,
         "CREATE INDEX erasures_user_hash ON erasures (user_hash)",
+    ),
+    # Retention (store/partitions.py, store/retention.py): the raw events and the per-user
+    # derived tables become partitioned by UTC day, so old days are dropped whole. Existing
+    # rows are copied once into their days' partitions; today and the next two days are
+    # created ahead. A partitioned table's unique keys must hold its partition key, and the
+    # same messageid may come back with another event time (re-produced, re-stamped), so
+    # "a messageid is stored once" moves to one key table per kind: each messageid with the
+    # day of the row it stored, pruned with that day (README, Retention).
+    "0008_time_partitions": (
+        *(
+            statement
+            for table, column in _PARTITIONED_0008.items()
+            for statement in _partition_table_0008(table, column)
+        ),
+        "ALTER TABLE user_product_hours ADD PRIMARY KEY (userid, productid, hour)",
+        # Set by the ingest's upsert when it updates a row (store/derived.py): a partitioned
+        # table cannot RETURN xmax, which told an inserted row from an updated one before.
+        "ALTER TABLE user_product_hours ADD COLUMN revised boolean NOT NULL DEFAULT false",
+        # Ordered by hour first, which sorts like viewed_at (the hour is its bin): the
+        # recently-viewed lookup reads the newest day's partition first and stops there.
+        "CREATE INDEX user_product_hours_latest"
+        " ON user_product_hours (userid, hour DESC, viewed_at DESC, productid)",
+        "ALTER TABLE report_buyers ADD PRIMARY KEY (hour, productid, userid)",
+        *(
+            statement
+            for table, rows, where in (
+                ("view_messageids", "product_views", "viewed_at"),
+                ("order_messageids", "order_lines", "ordered_at"),
+            )
+            for statement in (
+                f"""
+                CREATE TABLE {table} (
+                    messageid text COLLATE "C" PRIMARY KEY,
+                    day       date NOT NULL
+                )
+                """,
+                f"INSERT INTO {table} (messageid, day)"
+                f" SELECT messageid, min(({where} AT TIME ZONE 'UTC')::date) FROM {rows}"
+                " GROUP BY messageid",
+                f"CREATE INDEX {table}_day ON {table} (day)",
+            )
+        ),
+        "CREATE INDEX dead_letters_received_at ON dead_letters (received_at)",
+        # What each prune removed: reconcile reports hours before these as pruned.
+        """
+        CREATE TABLE retention_cutoffs (
+            name          text PRIMARY KEY,
+            pruned_before timestamptz NOT NULL,
+            pruned_at     timestamptz NOT NULL DEFAULT now()
+        )
+        """,
     ),
 }
 

@@ -1,0 +1,167 @@
+"""Daily partitions of the time-keyed tables: created ahead without blocking, dropped whole.
+
+The raw events and the per-user derived tables are partitioned by UTC day of their time
+column (migration 0008_time_partitions). Retention then drops whole days, which costs the
+same at a thousand rows as at a hundred million: no DELETE, no table rewrite, no bloat.
+
+Both moves are chosen for the locks they take on the parent table, which the ingest writes
+all the time:
+
+- A new day is created as a plain table with a CHECK constraint of its range, then
+  `ATTACH PARTITION`ed: that takes SHARE UPDATE EXCLUSIVE on the parent, which lets inserts
+  and reads run on (`CREATE TABLE ... PARTITION OF` would take ACCESS EXCLUSIVE and queue
+  every writer behind the slowest reader). The CHECK spares the attach its scan.
+- An old day leaves with `DETACH PARTITION ... CONCURRENTLY` (also SHARE UPDATE EXCLUSIVE,
+  then it waits for the queries that may still see the partition), and is then dropped
+  alone, outside the parent, where nothing waits for it.
+
+Partitions are named `<table>_pYYYYMMDD`; the day is read back from the name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from time import perf_counter
+
+import psycopg
+from psycopg import sql
+
+__all__ = [
+    "PARTITIONED",
+    "Partition",
+    "day_bounds",
+    "drop_partition",
+    "ensure_days",
+    "finish_pending_detaches",
+    "partition_name",
+    "partitions",
+]
+
+# Each partitioned table and the column whose UTC day places a row.
+PARTITIONED: dict[str, str] = {
+    "product_views": "viewed_at",
+    "order_lines": "ordered_at",
+    "user_product_hours": "hour",
+    "report_buyers": "hour",
+}
+
+_NAME = re.compile(r"_p(\d{8})$")
+_LOCK_ID = 0x636C6B70  # "clkp": one creator of partitions at a time
+
+
+@dataclass(frozen=True)
+class Partition:
+    table: str
+    name: str
+    day: date
+    detach_pending: bool
+
+
+def partition_name(table: str, day: date) -> str:
+    return f"{table}_p{day:%Y%m%d}"
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """[00:00 UTC of `day`, 00:00 UTC of the next day)."""
+    start = datetime.combine(day, time(), UTC)
+    return start, start + timedelta(days=1)
+
+
+def partitions(conn: psycopg.Connection, table: str) -> list[Partition]:
+    """The table's daily partitions, oldest first, including those half detached."""
+    rows = conn.execute(
+        "SELECT c.relname, i.inhdetachpending FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = to_regclass(%s) ORDER BY c.relname",
+        (table,),
+    ).fetchall()
+    found = []
+    for name, pending in rows:
+        match = _NAME.search(name)
+        if match:
+            day = datetime.strptime(match.group(1), "%Y%m%d").date()
+            found.append(Partition(table, name, day, pending))
+    return found
+
+
+def ensure_days(conn: psycopg.Connection, table: str, days: set[date]) -> list[date]:
+    """Create the missing partitions of these days; return the days created.
+
+    Each day is created in a transaction of its own, under an advisory lock so that two
+    writers meeting the same new day do not both create it. The connection must not be
+    inside a transaction.
+    """
+    column = PARTITIONED[table]
+    created = []
+    for day in sorted(days):
+        name = partition_name(table, day)
+        lower, upper = day_bounds(day)
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            exists = conn.execute(
+                "SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(%s)", (name,)
+            ).fetchone()
+            if exists:
+                continue
+            ident = sql.Identifier(name)
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
+                    " INCLUDING GENERATED)"
+                ).format(ident, sql.Identifier(table))
+            )
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} >= {} AND {} < {})").format(
+                    ident,
+                    sql.Identifier(f"{name}_range"),
+                    sql.Identifier(column),
+                    sql.Literal(lower),
+                    sql.Identifier(column),
+                    sql.Literal(upper),
+                )
+            )
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+                    sql.Identifier(table), ident, sql.Literal(lower), sql.Literal(upper)
+                )
+            )
+        created.append(day)
+    return created
+
+
+def finish_pending_detaches(conn: psycopg.Connection, table: str) -> list[str]:
+    """Complete detaches an interrupted prune left half done, then drop those tables.
+
+    `conn` must be in autocommit mode.
+    """
+    done = []
+    for part in partitions(conn, table):
+        if part.detach_pending:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
+                    sql.Identifier(table), sql.Identifier(part.name)
+                )
+            )
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(part.name)))
+            done.append(part.name)
+    return done
+
+
+def drop_partition(conn: psycopg.Connection, part: Partition) -> list[tuple[str, float]]:
+    """Detach one day concurrently, then drop it; return each statement with its seconds.
+
+    `conn` must be in autocommit mode (DETACH ... CONCURRENTLY refuses a transaction).
+    """
+    timings = []
+    for statement in (
+        sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
+            sql.Identifier(part.table), sql.Identifier(part.name)
+        ),
+        sql.SQL("DROP TABLE {}").format(sql.Identifier(part.name)),
+    ):
+        started = perf_counter()
+        conn.execute(statement)
+        timings.append((statement.as_string(conn), perf_counter() - started))
+    return timings
