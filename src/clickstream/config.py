@@ -268,6 +268,25 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("demo.duration", _positive_float, 120.0, "seconds `clickstream demo` runs"),
     Setting(
+        "retention.events_days",
+        _int_at_least(0, 36_500),
+        90,
+        "days of raw events (product_views, order_lines) kept; 0 keeps them forever",
+    ),
+    Setting(
+        "retention.user_product_hours_days",
+        _int_at_least(0, 36_500),
+        90,
+        "days of user_product_hours and report_buyers kept (how far back the recently-viewed"
+        " API reaches); 0 keeps them forever",
+    ),
+    Setting(
+        "retention.dead_letters_days",
+        _int_at_least(0, 36_500),
+        30,
+        "days of dead letters kept; 0 keeps them forever",
+    ),
+    Setting(
         "privacy.hash_key",
         _optional_text,
         None,
@@ -352,6 +371,9 @@ class Settings:
     spark_sink: str
     spark_max_batch_events: int
     spark_commit_offsets: bool
+    retention_events_days: int
+    retention_user_product_hours_days: int
+    retention_dead_letters_days: int
     privacy_hash_key: str | None = None
     source: str = field(default="defaults", compare=False)
 

@@ -1,9 +1,10 @@
 """The one command, `clickstream`: parses, calls, prints.
 
 Each command group lives in a module of its own (`services`, `data`, `pipeline`,
-`dead_letters`, `privacy`, `bench`), which registers its subcommands. Every failure a user
-can cause ends in one line on stderr and a non-zero exit code (2 for bad arguments or
-settings, and for a database schema older than this version needs), never a traceback.
+`dead_letters`, `privacy`, `lifecycle`, `bench`), which registers its subcommands. Every
+failure a user can cause ends in one line on stderr and a non-zero exit code (2 for bad
+arguments or settings, and for a database schema older than this version needs), never a
+traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import warnings
 
 from clickstream import __version__
-from clickstream.cli import bench, data, dead_letters, pipeline, privacy, services
+from clickstream.cli import bench, data, dead_letters, lifecycle, pipeline, privacy, services
 from clickstream.cli._common import Parser
 from clickstream.config import load_settings
 from clickstream.errors import ClickstreamError, SchemaOutOfDate, UsageError
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    for module in (services, data, pipeline, dead_letters, privacy, bench):
+    for module in (services, data, pipeline, dead_letters, privacy, lifecycle, bench):
         module.register(sub)
     return parser
 

@@ -18,6 +18,10 @@ Each pass (at start, then every `poll` seconds):
    files show the product under its category now. `clickstream catalog load` does the same
    at once (`rereport`).
 
+3. Retention. At start and then once a day (`PRUNE_EVERY`) it prunes what is older than the
+   retention settings and creates the next days' partitions (store/retention.py), so a
+   deployment that runs the scheduler needs no cron job for `clickstream prune`.
+
 One scheduler runs at a time per database (an advisory lock); a second one says so and exits.
 """
 
@@ -38,11 +42,14 @@ from clickstream.reports.hours import HOUR, hours_between, last_complete_hour, s
 from clickstream.reports.queries import hour_totals
 from clickstream.store.db import connect
 from clickstream.store.faults import database_errors
+from clickstream.store.retention import cutoffs, prune
 
 __all__ = [
     "LATE_WINDOW",
+    "PRUNE_EVERY",
     "REPORT_DELAY",
     "due_hours",
+    "prune_pass",
     "report_pass",
     "rereport",
     "run_every_hour",
@@ -52,8 +59,12 @@ log = logging.getLogger(__name__)
 
 REPORT_DELAY = timedelta(minutes=2)
 LATE_WINDOW = timedelta(hours=24)
+PRUNE_EVERY = timedelta(days=1)
 _LOCK_ID = 0x636C6B72  # "clkr"
-_PRIVILEGES = "SELECT (and INSERT, UPDATE if it is report_runs)"
+_PRIVILEGES = (
+    "SELECT (and INSERT, UPDATE if it is report_runs; for the daily prune, ownership of the"
+    " partitioned tables and DELETE on the key tables and dead_letters)"
+)
 
 
 def due_hours(last_reported: datetime | None, now: datetime, delay: timedelta) -> list[datetime]:
@@ -146,6 +157,21 @@ def rereport(conn: psycopg.Connection, out_dir: Path, now: datetime) -> list[Rep
     return [_write_hour(conn, hour, out_dir, stale[hour]) for hour in sorted(stale)]
 
 
+def prune_pass(conn: psycopg.Connection, settings: Settings, now: datetime) -> None:
+    """Apply the retention settings (`conn` in autocommit mode) and log what went."""
+    result = prune(conn, cutoffs(settings, now), now)
+    for item in result.removed:
+        rows = result.rows_deleted.get(item.table, item.rows)
+        log.info("pruned %s %s: %d rows", item.table, item.what, rows)
+    statement, seconds = result.longest_statement
+    log.info(
+        "retention applied: %d items removed, %d partitions created ahead%s",
+        len(result.removed),
+        len(result.created),
+        f", longest statement {seconds:.3f}s" if statement else "",
+    )
+
+
 def run_every_hour(
     settings: Settings,
     out_dir: Path,
@@ -162,6 +188,7 @@ def run_every_hour(
     failed one left unwritten.
     """
     conn: psycopg.Connection | None = None
+    pruned_at: datetime | None = None
     try:
         while True:
             try:
@@ -170,6 +197,10 @@ def run_every_hour(
                 with database_errors(role=conn.info.user, privileges=_PRIVILEGES):
                     for summary in report_pass(conn, out_dir, clock(), delay):
                         on_report(summary)
+                    now = clock()
+                    if pruned_at is None or now - pruned_at >= PRUNE_EVERY:
+                        prune_pass(conn, settings, now)
+                        pruned_at = now
             except Unavailable as exc:
                 log.warning("%s; retrying in %g s, hours not yet reported stay due", exc, poll)
                 if conn is not None:

@@ -1,0 +1,223 @@
+"""Retention: what `clickstream prune` (and the report scheduler, once a day) removes, and how.
+
+Each kind of data is kept for whole UTC days, its setting's number of them before today:
+with `retention.events_days: 90`, a prune on 2026-12-02 keeps every event from
+2026-09-03T00:00:00.000Z on and drops everything before that instant. The counters and the
+written reports are never pruned.
+
+- Raw events and the per-user derived tables (`user_product_hours`, `report_buyers`) are
+  partitioned by day (store/partitions.py): a day leaves whole, detached concurrently and
+  dropped, which neither rewrites nor bloats anything and never blocks the ingest.
+- The messageid key tables keep each messageid with the day of its rows; a day's keys are
+  deleted after its rows, in small batches (a key is a few dozen bytes, and the space they
+  leave is reused by the keys that follow, so the table stays at its retention's size).
+- Dead letters are few: deleted in small batches by `received_at`.
+
+Each prune records its cutoffs in `retention_cutoffs`, so `clickstream reconcile` tells a
+pruned hour from a damaged one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+
+import psycopg
+from psycopg import sql
+
+from clickstream.config import Settings
+from clickstream.store.partitions import (
+    PARTITIONED,
+    Partition,
+    drop_partition,
+    ensure_days,
+    finish_pending_detaches,
+    partitions,
+)
+
+__all__ = [
+    "DAYS_AHEAD",
+    "Cutoffs",
+    "Doomed",
+    "PruneResult",
+    "cutoffs",
+    "plan",
+    "prune",
+    "pruned_before",
+]
+
+log = logging.getLogger(__name__)
+
+DAYS_AHEAD = 2  # partitions exist for today and this many days after it
+_CHUNK = 10_000  # rows per DELETE: each a short transaction with few row locks
+
+# Which cutoff applies to each partitioned table.
+_TABLE_KIND = {
+    "product_views": "events",
+    "order_lines": "events",
+    "user_product_hours": "user_product_hours",
+    "report_buyers": "user_product_hours",
+}
+_KEY_TABLES = {"view_messageids": "events", "order_messageids": "events"}
+
+
+@dataclass(frozen=True)
+class Cutoffs:
+    """Per kind (`events`, `user_product_hours`, `dead_letters`): rows before this go."""
+
+    by_kind: dict[str, datetime | None]
+
+    def of(self, kind: str) -> datetime | None:
+        return self.by_kind[kind]
+
+
+def cutoffs(settings: Settings, now: datetime) -> Cutoffs:
+    """00:00 UTC of the day `N` days before today, per kind; None where N is 0 (kept)."""
+    today = now.astimezone(UTC).date()
+
+    def before(days: int) -> datetime | None:
+        return None if days == 0 else datetime.combine(today - timedelta(days=days), time(), UTC)
+
+    return Cutoffs(
+        {
+            "events": before(settings.retention_events_days),
+            "user_product_hours": before(settings.retention_user_product_hours_days),
+            "dead_letters": before(settings.retention_dead_letters_days),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Doomed:
+    """Something a prune removes: a day's partition, or rows of a table before a time."""
+
+    table: str
+    what: str
+    rows: int
+    partition: Partition | None = None
+
+
+@dataclass
+class PruneResult:
+    removed: list[Doomed] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    statements: list[tuple[str, float]] = field(default_factory=list)
+    rows_deleted: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def longest_statement(self) -> tuple[str, float]:
+        return max(self.statements, key=lambda s: s[1], default=("", 0.0))
+
+
+def _estimated_rows(conn: psycopg.Connection, name: str) -> int:
+    """The planner's count when it has one (a day can hold millions), else an exact count."""
+    estimate = conn.execute(
+        "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", (name,)
+    ).fetchone()
+    if estimate and estimate[0] >= 0:
+        return estimate[0]
+    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))
+    return conn.execute(query).fetchone()[0]
+
+
+def _before(conn: psycopg.Connection, table: str, column: str, cutoff: datetime | date) -> int:
+    query = sql.SQL("SELECT count(*) FROM {} WHERE {} < %s").format(
+        sql.Identifier(table), sql.Identifier(column)
+    )
+    return conn.execute(query, (cutoff,)).fetchone()[0]
+
+
+def plan(conn: psycopg.Connection, limits: Cutoffs) -> list[Doomed]:
+    """What a prune with these cutoffs removes, oldest first per table."""
+    doomed = []
+    for table, kind in _TABLE_KIND.items():
+        cutoff = limits.of(kind)
+        if cutoff is None:
+            continue
+        for part in partitions(conn, table):
+            if part.day < cutoff.date() or part.detach_pending:
+                rows = _estimated_rows(conn, part.name)
+                doomed.append(Doomed(table, f"{part.day} ({part.name})", rows, part))
+    for table, kind in _KEY_TABLES.items():
+        cutoff = limits.of(kind)
+        if cutoff is not None and (rows := _before(conn, table, "day", cutoff.date())):
+            doomed.append(Doomed(table, f"messageids of days before {cutoff.date()}", rows))
+    cutoff = limits.of("dead_letters")
+    if cutoff is not None and (rows := _before(conn, "dead_letters", "received_at", cutoff)):
+        doomed.append(Doomed("dead_letters", f"received before {cutoff:%Y-%m-%dT%H:%MZ}", rows))
+    return doomed
+
+
+def _delete_in_chunks(conn: psycopg.Connection, table: str, key: str, column: str, cutoff) -> int:
+    statement = sql.SQL(
+        "DELETE FROM {table} WHERE {key} IN"
+        " (SELECT {key} FROM {table} WHERE {column} < %s LIMIT {chunk})"
+    ).format(
+        table=sql.Identifier(table),
+        key=sql.Identifier(key),
+        column=sql.Identifier(column),
+        chunk=sql.Literal(_CHUNK),
+    )
+    deleted = 0
+    while True:
+        count = conn.execute(statement, (cutoff,)).rowcount
+        deleted += count
+        if count < _CHUNK:
+            return deleted
+
+
+def ensure_ahead(conn: psycopg.Connection, now: datetime) -> list[str]:
+    """Partitions for today and DAYS_AHEAD days after it, so the ingest rarely makes one."""
+    today = now.astimezone(UTC).date()
+    days = {today + timedelta(days=i) for i in range(DAYS_AHEAD + 1)}
+    return [f"{table} {day}" for table in PARTITIONED for day in ensure_days(conn, table, days)]
+
+
+def prune(
+    conn: psycopg.Connection,
+    limits: Cutoffs,
+    now: datetime,
+    *,
+    on_step: Callable[[Doomed], None] = lambda doomed: None,
+) -> PruneResult:
+    """Remove what `plan` lists; `conn` must be in autocommit mode.
+
+    Partitions go first, then the keys of their days: between the two, a re-sent messageid
+    of a dropped day is still refused, never stored twice.
+    """
+    result = PruneResult(created=ensure_ahead(conn, now))
+    for table in PARTITIONED:
+        for name in finish_pending_detaches(conn, table):
+            log.info("finished the interrupted detach of %s and dropped it", name)
+    for doomed in plan(conn, limits):
+        if doomed.partition is not None:
+            result.statements += drop_partition(conn, doomed.partition)
+        elif doomed.table == "dead_letters":
+            cutoff = limits.of("dead_letters")
+            result.rows_deleted[doomed.table] = _delete_in_chunks(
+                conn, "dead_letters", "id", "received_at", cutoff
+            )
+        else:
+            cutoff = limits.of(_KEY_TABLES[doomed.table])
+            assert cutoff is not None
+            result.rows_deleted[doomed.table] = _delete_in_chunks(
+                conn, doomed.table, "messageid", "day", cutoff.date()
+            )
+        result.removed.append(doomed)
+        on_step(doomed)
+    for kind, cutoff in limits.by_kind.items():
+        if cutoff is not None:
+            conn.execute(
+                "INSERT INTO retention_cutoffs (name, pruned_before) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET pruned_at = now(), pruned_before ="
+                " greatest(retention_cutoffs.pruned_before, excluded.pruned_before)",
+                (kind, cutoff),
+            )
+    return result
+
+
+def pruned_before(conn: psycopg.Connection) -> dict[str, datetime]:
+    """The cutoffs of past prunes, per kind: what lies before them is gone by design."""
+    return dict(conn.execute("SELECT name, pruned_before FROM retention_cutoffs").fetchall())
