@@ -21,6 +21,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from tqdm import tqdm
@@ -31,6 +32,7 @@ from clickstream.bench.scratch import scratch_database
 from clickstream.bench.server import free_port, start_server
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
+from clickstream.store.partitions import ensure_days, partition_name
 from clickstream.store.recent import FIRST_WINDOW, RECENT_ENTRIES
 
 __all__ = ["ORIGINAL_QUERY", "run_api_benchmark"]
@@ -38,6 +40,7 @@ __all__ = ["ORIGINAL_QUERY", "run_api_benchmark"]
 SCRATCH_DATABASE = "clickstream_bench_api"
 PRODUCTS = 20_000
 WARMUP_SECONDS = 2.0
+FIRST_VIEW = datetime(2026, 11, 1, tzinfo=UTC)
 
 # What the replaced system ran for every request: the oldest five, duplicates and all.
 ORIGINAL_QUERY = "SELECT productid FROM product_views WHERE userid = %s ORDER BY viewed_at LIMIT 5"
@@ -50,7 +53,7 @@ SELECT 'bench-' || i,
        'user-' || (i %% %(users)s),
        'product-' || floor(%(products)s * random() ^ 3)::int,
        (ARRAY['desktop', 'mobile-web', 'android', 'ios'])[1 + i %% 4],
-       timestamptz '2026-11-01 00:00:00Z' + i * interval '1 millisecond'
+       %(first)s::timestamptz + i * interval '1 millisecond'
 FROM generate_series(%(start)s, %(stop)s - 1) AS i
 """
 
@@ -77,18 +80,23 @@ class Endpoint:
 def _load(url: str, *, views: int, users: int) -> None:
     """Fill product_views and user_product_hours as fast as the server can.
 
-    The scratch tables are unlogged and get their indexes after the rows, in one build each;
-    product_views gets no primary key back, as nothing here looks a view up by messageid.
+    The scratch tables' day partitions are unlogged and get their indexes after the rows, in
+    one build each; the views get no messageid keys, as nothing here looks a view up by one.
     """
     chunk = 500_000
     with psycopg.connect(url, autocommit=True) as conn:
+        days = {FIRST_VIEW.date() + timedelta(days=d) for d in range(views // 86_400_000 + 1)}
+        for table in ("product_views", "user_product_hours"):
+            ensure_days(conn, table, days)
         for statement in (
             "SET maintenance_work_mem = '512MB'",
             "SET work_mem = '512MB'",
             "SELECT setseed(0.42)",
-            "ALTER TABLE product_views SET UNLOGGED",
-            "ALTER TABLE product_views DROP CONSTRAINT product_views_pkey",
-            "ALTER TABLE user_product_hours SET UNLOGGED",
+            *(
+                f"ALTER TABLE {partition_name(table, day)} SET UNLOGGED"
+                for table in ("product_views", "user_product_hours")
+                for day in days
+            ),
             "ALTER TABLE user_product_hours DROP CONSTRAINT user_product_hours_pkey",
             "DROP INDEX user_product_hours_latest",
         ):
@@ -96,7 +104,13 @@ def _load(url: str, *, views: int, users: int) -> None:
         with tqdm(total=views, unit="view", unit_scale=True, desc="storing views") as bar:
             for start in range(0, views, chunk):
                 stop = min(views, start + chunk)
-                params = {"users": users, "products": PRODUCTS, "start": start, "stop": stop}
+                params = {
+                    "users": users,
+                    "products": PRODUCTS,
+                    "start": start,
+                    "stop": stop,
+                    "first": FIRST_VIEW,
+                }
                 conn.execute(_GENERATE, params)
                 bar.update(stop - start)
         steps = [
@@ -108,7 +122,7 @@ def _load(url: str, *, views: int, users: int) -> None:
             (
                 "indexing user_product_hours by time",
                 "CREATE INDEX user_product_hours_latest"
-                " ON user_product_hours (userid, viewed_at DESC, productid)",
+                " ON user_product_hours (userid, hour DESC, viewed_at DESC, productid)",
             ),
             ("analyzing", "VACUUM ANALYZE product_views, user_product_hours"),
         ]

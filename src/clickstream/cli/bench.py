@@ -60,6 +60,13 @@ def cmd_bench_reports(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_prune(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.bench.prune import run_prune_benchmark
+
+    run_prune_benchmark(settings, views=args.views, baseline_seconds=args.baseline_seconds)
+    return 0
+
+
 def register(sub) -> None:
     sub = group(
         sub,
@@ -166,3 +173,23 @@ def register(sub) -> None:
         "--orders", type=positive_int, default=500_000, help="order lines (default 500000)"
     )
     p.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
+    p = command(
+        sub,
+        "prune",
+        cmd_bench_prune,
+        "pruning 30 of 60 days while the ingest writes: its speed and the locks taken",
+        "Generate views over the 60 days before today in a scratch database (inside "
+        "PostgreSQL), run the ingest's writer flat out in another process, measure its "
+        "events/s without pruning and then while the oldest 30 days are pruned, and sample "
+        "the locks the prune holds on the event tables. The last line gives the prune time, "
+        "both rates, the longest lock that blocks writes and ratio=during/without.",
+    )
+    p.add_argument(
+        "--views", type=positive_int, default=20_000_000, help="stored views (default 20000000)"
+    )
+    p.add_argument(
+        "--baseline-seconds",
+        type=positive_float,
+        default=15.0,
+        help="how long the ingest is measured without pruning (default 15)",
+    )
