@@ -20,6 +20,7 @@ from conftest import Pipeline
 
 from clickstream.events import CleanBatch, OrderLineRow, Reject, ViewRow, format_timestamp
 from clickstream.ingest import Ingestor
+from clickstream.reports.scheduler import run_every_hour
 from clickstream.store.db import connect
 from clickstream.store.retention import cutoffs, prune
 from clickstream.store.writer import write_batch
@@ -209,3 +210,29 @@ def test_ingest_keeps_running_while_prune_runs(pipeline):
     assert all(count == 1 for _, count in stored)
     assert pipeline.query("SELECT count(*) FROM dead_letters") == [(0,)]
     assert ingestor.stats.views == len(ids)
+
+
+def test_the_report_scheduler_prunes_when_it_starts(pipeline, tmp_path):
+    clock = lambda: NOW  # noqa: E731
+    with connect(pipeline.settings) as conn:
+        write_batch(conn, CleanBatch(views=[view("v-old", CUTOFF - MS), view("v-new", CUTOFF)]))
+    stop = threading.Event()
+    runner = threading.Thread(
+        target=run_every_hour,
+        args=(pipeline.settings, tmp_path, stop),
+        kwargs={"poll": 0.05, "clock": clock},
+    )
+    runner.start()
+    try:
+        for _ in range(600):
+            if pipeline.query("SELECT count(*) FROM retention_cutoffs") != [(0,)]:
+                break
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert pipeline.query("SELECT messageid FROM product_views") == [("v-new",)]
+    assert pipeline.query("SELECT pruned_before FROM retention_cutoffs WHERE name = 'events'") == [
+        (CUTOFF,)
+    ]
