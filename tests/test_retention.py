@@ -23,6 +23,7 @@ from clickstream.ingest import Ingestor
 from clickstream.reports.scheduler import run_every_hour
 from clickstream.store.db import connect
 from clickstream.store.retention import cutoffs, prune
+from clickstream.store.schema import MIGRATIONS
 from clickstream.store.writer import write_batch
 
 NOW = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
@@ -236,3 +237,60 @@ def test_the_report_scheduler_prunes_when_it_starts(pipeline, tmp_path):
     assert pipeline.query("SELECT pruned_before FROM retention_cutoffs WHERE name = 'events'") == [
         (CUTOFF,)
     ]
+
+
+def test_the_migration_moves_existing_rows_into_day_partitions(pipeline):
+    """Tables of a database from before 0008 keep every row, and their dedup."""
+    first, second = CUTOFF + timedelta(hours=5), NOW - timedelta(days=2)
+    with psycopg.connect(pipeline.settings.database_url) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations"
+            " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for name in sorted(MIGRATIONS):
+            if name < "0008":
+                for statement in MIGRATIONS[name]:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
+        conn.execute(
+            "INSERT INTO product_views (messageid, userid, productid, source, viewed_at) VALUES"
+            " ('v-1', 'user-1', 'product-1', 'ios', %s), ('v-2', 'user-1', 'product-2', 'ios', %s)",
+            (first, second),
+        )
+        conn.execute(
+            "INSERT INTO order_lines"
+            " (messageid, line, orderid, userid, productid, quantity, ordered_at) VALUES"
+            " ('o-1', 1, '7', 'user-1', 'product-1', 1, %s),"
+            " ('o-1', 2, '7', 'user-1', 'product-2', 3, %s)",
+            (first, first),
+        )
+        conn.execute(
+            "INSERT INTO user_product_hours (userid, productid, hour, viewed_at)"
+            " VALUES ('user-1', 'product-1', %s, %s)",
+            (first.replace(minute=0), first),
+        )
+        before = {
+            table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3").fetchall()
+            for table in ("product_views", "order_lines", "user_product_hours")
+        }
+    with connect(pipeline.settings) as conn:
+        assert (
+            conn.execute("SELECT * FROM product_views ORDER BY 1, 2, 3").fetchall()
+            == before["product_views"]
+        )
+        assert (
+            conn.execute("SELECT * FROM order_lines ORDER BY 1, 2, 3").fetchall()
+            == before["order_lines"]
+        )
+        assert [
+            r[:4] for r in conn.execute("SELECT * FROM user_product_hours ORDER BY 1, 2, 3")
+        ] == before["user_product_hours"]
+        assert conn.execute("SELECT count(*) FROM product_views_p20260903").fetchone() == (1,)
+        assert conn.execute("SELECT * FROM view_messageids ORDER BY 1").fetchall() == [
+            ("v-1", first.date()),
+            ("v-2", second.date()),
+        ]
+        again = write_batch(
+            conn, CleanBatch(views=[view("v-1", NOW)], order_lines=order("o-1", NOW))
+        )
+        assert (again.views, again.order_lines, again.duplicates) == (0, 0, 3)
