@@ -28,9 +28,13 @@ def test_every_kind_of_drift_is_reported_in_its_hours_only(pipeline):
     hour = datetime(2026, 11, 24, 13, tzinfo=UTC)
     earlier = hour - timedelta(hours=1)
     with psycopg.connect(pipeline.settings.database_url) as conn:
+        from clickstream.store.partitions import PARTITIONED, ensure_days
         from clickstream.store.schema import migrate
 
         migrate(conn)
+        # Rows written by hand need their day's partitions; the writer makes its own.
+        for table in PARTITIONED:
+            ensure_days(conn, table, {hour.date()})
         conn.execute(
             "INSERT INTO product_views (messageid, userid, productid, source, viewed_at) VALUES"
             " ('m1', 'u1', 'p1', 'ios', %(h)s + interval '5 min'),"

@@ -9,8 +9,8 @@ written reports are never pruned.
   partitioned by day (store/partitions.py): a day leaves whole, detached concurrently and
   dropped, which neither rewrites nor bloats anything and never blocks the ingest.
 - The messageid key tables keep each messageid with the day of its rows; a day's keys are
-  deleted after its rows, in small batches (a key is a few dozen bytes, and the space they
-  leave is reused by the keys that follow, so the table stays at its retention's size).
+  deleted after its rows, in small paced batches (a key is a few dozen bytes, and the space
+  they leave is reused by the keys that follow, so the table stays at its retention's size).
 - Dead letters are few: deleted in small batches by `received_at`.
 
 Each prune records its cutoffs in `retention_cutoffs`, so `clickstream reconcile` tells a
@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from time import perf_counter, sleep
 
 import psycopg
 from psycopg import sql
@@ -150,22 +151,38 @@ def plan(conn: psycopg.Connection, limits: Cutoffs) -> list[Doomed]:
     return doomed
 
 
-def _delete_in_chunks(conn: psycopg.Connection, table: str, key: str, column: str, cutoff) -> int:
+def _delete_in_chunks(conn: psycopg.Connection, table: str, key: str, where: sql.Composed) -> int:
+    """DELETE the rows `where` picks, _CHUNK at a time, each chunk its own transaction.
+
+    After each chunk it pauses as long as the chunk took, so that a prune takes at most about
+    half of a core from the ingest, however many rows it has to remove.
+    """
     statement = sql.SQL(
-        "DELETE FROM {table} WHERE {key} IN"
-        " (SELECT {key} FROM {table} WHERE {column} < %s LIMIT {chunk})"
-    ).format(
-        table=sql.Identifier(table),
-        key=sql.Identifier(key),
-        column=sql.Identifier(column),
-        chunk=sql.Literal(_CHUNK),
-    )
+        "DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {where} LIMIT {chunk})"
+    ).format(table=sql.Identifier(table), key=sql.Identifier(key), where=where, chunk=_CHUNK)
     deleted = 0
     while True:
-        count = conn.execute(statement, (cutoff,)).rowcount
+        started = perf_counter()
+        count = conn.execute(statement).rowcount
         deleted += count
         if count < _CHUNK:
             return deleted
+        sleep(perf_counter() - started)
+
+
+def _delete_keys(conn: psycopg.Connection, table: str, cutoff: date) -> int:
+    """The keys of the days before `cutoff`, one day at a time.
+
+    An equality on the day lets each chunk walk the day's stretch of the index, where a
+    range would have PostgreSQL scan past the rows already deleted again and again.
+    """
+    deleted = 0
+    oldest = sql.SQL("SELECT min(day) FROM {}").format(sql.Identifier(table))
+    while (day := conn.execute(oldest).fetchone()[0]) is not None and day < cutoff:
+        deleted += _delete_in_chunks(
+            conn, table, "messageid", sql.SQL("day = {}").format(sql.Literal(day))
+        )
+    return deleted
 
 
 def ensure_ahead(conn: psycopg.Connection, now: datetime) -> list[str]:
@@ -195,16 +212,14 @@ def prune(
         if doomed.partition is not None:
             result.statements += drop_partition(conn, doomed.partition)
         elif doomed.table == "dead_letters":
-            cutoff = limits.of("dead_letters")
+            before = sql.SQL("received_at < {}").format(sql.Literal(limits.of("dead_letters")))
             result.rows_deleted[doomed.table] = _delete_in_chunks(
-                conn, "dead_letters", "id", "received_at", cutoff
+                conn, "dead_letters", "id", before
             )
         else:
             cutoff = limits.of(_KEY_TABLES[doomed.table])
             assert cutoff is not None
-            result.rows_deleted[doomed.table] = _delete_in_chunks(
-                conn, doomed.table, "messageid", "day", cutoff.date()
-            )
+            result.rows_deleted[doomed.table] = _delete_keys(conn, doomed.table, cutoff.date())
         result.removed.append(doomed)
         on_step(doomed)
     for kind, cutoff in limits.by_kind.items():
