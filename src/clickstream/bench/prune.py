@@ -113,17 +113,17 @@ def _ingest(url: str, batch_size: int, stop, done) -> None:
 class _LockWatch:
     """Longest stretch each (table, mode) was held by the prune, and the writer waited."""
 
-    longest: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+    longest: dict[tuple[str, str, str], float] = dataclasses.field(default_factory=dict)
     writer_waited: float = 0.0
 
     def run(self, url: str, prune_pid: int, writer_pid: int, stop: threading.Event) -> None:
-        held: dict[tuple[str, str], float] = {}
+        held: dict[tuple[str, str, str], float] = {}
         waiting_since: float | None = None
         with psycopg.connect(url, autocommit=True) as conn:
             while not stop.is_set():
                 now = time.monotonic()
                 rows = conn.execute(
-                    "SELECT coalesce(p.relname, c.relname), l.mode FROM pg_locks l"
+                    "SELECT c.relname, coalesce(p.relname, c.relname), l.mode FROM pg_locks l"
                     " JOIN pg_class c ON c.oid = l.relation"
                     " LEFT JOIN pg_inherits i ON i.inhrelid = c.oid"
                     " LEFT JOIN pg_class p ON p.oid = i.inhparent"
@@ -149,15 +149,17 @@ class _LockWatch:
             for key, since in held.items():
                 self._close(key, time.monotonic() - since)
 
-    def _close(self, key: tuple[str, str], seconds: float) -> None:
+    def _close(self, key: tuple[str, str, str], seconds: float) -> None:
         self.longest[key] = max(self.longest.get(key, 0.0), seconds)
 
     def longest_blocking(self) -> tuple[str, float]:
-        blocking = {k: v for k, v in self.longest.items() if k[1] in _BLOCKING}
+        """The longest-held lock that would stop a write of the table or partition it is on."""
+        blocking = {k: v for k, v in self.longest.items() if k[2] in _BLOCKING}
         if not blocking:
             return "none", 0.0
-        (table, mode), seconds = max(blocking.items(), key=lambda kv: kv[1])
-        return f"{mode} on {table}", seconds
+        (relation, table, mode), seconds = max(blocking.items(), key=lambda kv: kv[1])
+        where = relation if relation == table else f"{relation}, a partition of {table}"
+        return f"{mode} on {where}", seconds
 
 
 def _rate(marks: list[tuple[float, int]], start: float, end: float) -> float:
