@@ -269,6 +269,8 @@ def test_the_migration_moves_existing_rows_into_day_partitions(pipeline):
             " VALUES ('user-1', 'product-1', %s, %s)",
             (first.replace(minute=0), first),
         )
+        # An index another migration might have added comes along.
+        conn.execute("CREATE INDEX product_views_by_user ON product_views (userid)")
         before = {
             table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3").fetchall()
             for table in ("product_views", "order_lines", "user_product_hours")
@@ -286,6 +288,10 @@ def test_the_migration_moves_existing_rows_into_day_partitions(pipeline):
             r[:4] for r in conn.execute("SELECT * FROM user_product_hours ORDER BY 1, 2, 3")
         ] == before["user_product_hours"]
         assert conn.execute("SELECT count(*) FROM product_views_p20260903").fetchone() == (1,)
+        assert conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'product_views_by_user'"
+        ).fetchall() == [("CREATE INDEX product_views_by_user ON ONLY public.product_views"
+                          " USING btree (userid)",)]  # fmt: skip
         assert conn.execute("SELECT * FROM view_messageids ORDER BY 1").fetchall() == [
             ("v-1", first.date()),
             ("v-2", second.date()),

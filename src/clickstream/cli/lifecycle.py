@@ -32,15 +32,19 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
         if args.dry_run:
             doomed = plan(conn, limits)
             for item in doomed:
-                print(f"would remove {item.table} {item.what}: {item.rows:,} rows")
+                print(f"would remove {item.table} {item.what}: {item.rows_text}")
             print(f"dry run: {len(doomed)} items would go, nothing was removed")
             return 0
         started = time.monotonic()
-        with tqdm(total=len(plan(conn, limits)), unit="step", file=sys.stderr) as bar:
-            result = prune(conn, limits, now, on_step=lambda doomed: bar.update())
-    for item in result.removed:
-        rows = result.rows_deleted.get(item.table, item.rows)
-        print(f"removed {item.table} {item.what}: {rows:,} rows")
+        with tqdm(unit="step", file=sys.stderr) as bar:
+
+            def planned(doomed: list) -> None:
+                bar.total = len(doomed)
+                bar.refresh()
+
+            result = prune(conn, limits, now, on_plan=planned, on_step=lambda _: bar.update())
+    for line in result.lines():
+        print(f"removed {line}")
     statement, longest = result.longest_statement
     slowest = f"; longest statement {longest:.3f}s ({statement})" if statement else ""
     print(

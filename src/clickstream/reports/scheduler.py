@@ -160,9 +160,8 @@ def rereport(conn: psycopg.Connection, out_dir: Path, now: datetime) -> list[Rep
 def prune_pass(conn: psycopg.Connection, settings: Settings, now: datetime) -> None:
     """Apply the retention settings (`conn` in autocommit mode) and log what went."""
     result = prune(conn, cutoffs(settings, now), now)
-    for item in result.removed:
-        rows = result.rows_deleted.get(item.table, item.rows)
-        log.info("pruned %s %s: %d rows", item.table, item.what, rows)
+    for line in result.lines():
+        log.info("pruned %s", line)
     statement, seconds = result.longest_statement
     log.info(
         "retention applied: %d items removed, %d partitions created ahead%s",

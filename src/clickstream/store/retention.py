@@ -99,6 +99,11 @@ class Doomed:
     rows: int
     partition: Partition | None = None
 
+    @property
+    def rows_text(self) -> str:
+        """A day's rows are the planner's estimate (counting millions would be slow)."""
+        return f"about {self.rows:,} rows" if self.partition else f"{self.rows:,} rows"
+
 
 @dataclass
 class PruneResult:
@@ -107,13 +112,22 @@ class PruneResult:
     statements: list[tuple[str, float]] = field(default_factory=list)
     rows_deleted: dict[str, int] = field(default_factory=dict)
 
+    def lines(self) -> list[str]:
+        """What was removed, one line each, with the rows it held or that were deleted."""
+        found = []
+        for item in self.removed:
+            deleted = self.rows_deleted.get(item.table)
+            rows = item.rows_text if deleted is None else f"{deleted:,} rows"
+            found.append(f"{item.table} {item.what}: {rows}")
+        return found
+
     @property
     def longest_statement(self) -> tuple[str, float]:
         return max(self.statements, key=lambda s: s[1], default=("", 0.0))
 
 
 def _estimated_rows(conn: psycopg.Connection, name: str) -> int:
-    """The planner's count when it has one (a day can hold millions), else an exact count."""
+    """The planner's count when it has one (a day can hold millions), else a count."""
     estimate = conn.execute(
         "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", (name,)
     ).fetchone()
@@ -197,6 +211,7 @@ def prune(
     limits: Cutoffs,
     now: datetime,
     *,
+    on_plan: Callable[[list[Doomed]], None] = lambda doomed: None,
     on_step: Callable[[Doomed], None] = lambda doomed: None,
 ) -> PruneResult:
     """Remove what `plan` lists; `conn` must be in autocommit mode.
@@ -208,7 +223,9 @@ def prune(
     for table in PARTITIONED:
         for name in finish_pending_detaches(conn, table):
             log.info("finished the interrupted detach of %s and dropped it", name)
-    for doomed in plan(conn, limits):
+    doomed_all = plan(conn, limits)
+    on_plan(doomed_all)
+    for doomed in doomed_all:
         if doomed.partition is not None:
             result.statements += drop_partition(conn, doomed.partition)
         elif doomed.table == "dead_letters":

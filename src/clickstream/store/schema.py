@@ -72,7 +72,22 @@ def _partition_table_0008(table: str, column: str) -> tuple[str, ...]:
         END $$
         """,
         f"INSERT INTO {table} SELECT * FROM {table}_unpartitioned",
-        f"DROP TABLE {table}_unpartitioned",
+        # Indexes other migrations gave the table come back on the partitioned one (a unique
+        # one could not: it would lack the partition key).
+        f"""
+        DO $$
+        DECLARE
+            definitions text[];
+            definition text;
+        BEGIN
+            SELECT coalesce(array_agg(pg_get_indexdef(indexrelid)), '{{}}') INTO definitions
+            FROM pg_index WHERE indrelid = '{table}_unpartitioned'::regclass AND NOT indisunique;
+            DROP TABLE {table}_unpartitioned;
+            FOREACH definition IN ARRAY definitions LOOP
+                EXECUTE replace(definition, '{table}_unpartitioned', '{table}');
+            END LOOP;
+        END $$
+        """,
     )
 
 
@@ -281,6 +296,7 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
     # "a messageid is stored once" moves to one key table per kind: each messageid with the
     # day of the row it stored, pruned with that day (README, Retention).
     "0008_time_partitions": (
+        "DROP INDEX user_product_hours_latest",  # made again below, led by the hour
         *(
             statement
             for table, column in _PARTITIONED_0008.items()
