@@ -300,3 +300,22 @@ def test_the_migration_moves_existing_rows_into_day_partitions(pipeline):
             conn, CleanBatch(views=[view("v-1", NOW)], order_lines=order("o-1", NOW))
         )
         assert (again.views, again.order_lines, again.duplicates) == (0, 0, 3)
+
+
+def test_a_day_detached_but_not_dropped_never_comes_back(pipeline):
+    """What a prune stopped half way leaves: the writer and the next prune clear it away."""
+    late, other = NOW - timedelta(days=3), NOW - timedelta(days=4)
+    names = [f"product_views_p{moment:%Y%m%d}" for moment in (late, other)]
+    with connect(pipeline.settings) as conn:
+        write_batch(conn, CleanBatch(views=[view("v-a", late), view("v-x", other)]))
+        for name in names:
+            conn.execute(f"ALTER TABLE product_views DETACH PARTITION {name}")
+        conn.commit()
+        # This connection still believes the day has a partition: it finds out and makes one.
+        stored = write_batch(conn, CleanBatch(views=[view("v-b", late)]))
+        assert stored.views == 1
+    assert pipeline.query("SELECT messageid FROM product_views") == [("v-b",)]
+    with connect(pipeline.settings, autocommit=True) as conn:
+        prune(conn, cutoffs(pipeline.settings, NOW), NOW)
+    tables = {r[0] for r in pipeline.query("SELECT relname FROM pg_class WHERE relkind = 'r'")}
+    assert names[0] in tables and names[1] not in tables

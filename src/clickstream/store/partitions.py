@@ -100,12 +100,18 @@ def ensure_days(conn: psycopg.Connection, table: str, days: set[date]) -> list[d
         lower, upper = day_bounds(day)
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-            exists = conn.execute(
-                "SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(%s)", (name,)
+            found = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid)"
+                " FROM pg_class c WHERE c.oid = to_regclass(%s)",
+                (name,),
             ).fetchone()
-            if exists:
+            if found and found[0]:
                 continue
             ident = sql.Identifier(name)
+            if found:
+                # Detached by a prune that stopped before dropping it: its rows are pruned
+                # (their keys too), so they must not come back.
+                conn.execute(sql.SQL("DROP TABLE {}").format(ident))
             conn.execute(
                 sql.SQL(
                     "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
@@ -132,9 +138,10 @@ def ensure_days(conn: psycopg.Connection, table: str, days: set[date]) -> list[d
 
 
 def finish_pending_detaches(conn: psycopg.Connection, table: str) -> list[str]:
-    """Complete detaches an interrupted prune left half done, then drop those tables.
+    """Complete what an interrupted prune left: half-detached days, detached undropped ones.
 
-    `conn` must be in autocommit mode.
+    Only a prune detaches a day, so a day table that is no partition is one it did not get to
+    drop. `conn` must be in autocommit mode.
     """
     done = []
     for part in partitions(conn, table):
@@ -146,6 +153,15 @@ def finish_pending_detaches(conn: psycopg.Connection, table: str) -> list[str]:
             )
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(part.name)))
             done.append(part.name)
+    detached = conn.execute(
+        "SELECT relname FROM pg_class c WHERE relkind = 'r' AND relname ~ %s"
+        " AND relnamespace = to_regnamespace(current_schema())"
+        " AND NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid)",
+        (f"^{table}_p[0-9]{{8}}$",),
+    ).fetchall()
+    for (name,) in detached:
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+        done.append(name)
     return done
 
 
