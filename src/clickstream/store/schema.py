@@ -327,7 +327,9 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
                 f"INSERT INTO {table} (messageid, day)"
                 f" SELECT messageid, min(({where} AT TIME ZONE 'UTC')::date) FROM {rows}"
                 " GROUP BY messageid",
-                f"CREATE INDEX {table}_day ON {table} (day)",
+                # Without deduplication: a day's keys all share one value, and merging each
+                # new one into a posting list tripled the cost of inserting a key (measured).
+                f"CREATE INDEX {table}_day ON {table} (day) WITH (deduplicate_items = off)",
             )
         ),
         "CREATE INDEX dead_letters_received_at ON dead_letters (received_at)",
