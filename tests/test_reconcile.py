@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from clickstream.events import CleanBatch, OrderLineRow, ViewRow, format_timestamp
+from clickstream.reconcile import Window, windows
 from clickstream.store.db import connect
+from clickstream.store.recompute import DERIVED_TABLES
 from clickstream.store.retention import cutoffs, prune
 from clickstream.store.writer import write_batch
 
@@ -104,3 +106,24 @@ def test_hours_whose_raw_events_were_pruned_are_reported_as_pruned(pipeline):
     bad = pipeline.cli("reconcile", "--hour", "2026-13-01T00")
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_hours_split_into_pruned_counters_only_and_everything():
+    """events pruned before day 3, user_product_hours before day 5, asked for days 1 to 8:
+
+    day 1        3                5                  8
+        | pruned | counters only  | every table      |
+    """
+    day = lambda n: datetime(2026, 12, n, tzinfo=UTC)  # noqa: E731
+    cut = {"events": day(3), "user_product_hours": day(5), "dead_letters": day(7)}
+    pruned, checkable = windows(day(1), day(8), cut)
+    assert pruned == Window(day(1), day(3), ())
+    assert checkable == [
+        Window(day(3), day(5), ("report_view_hours", "report_order_hours")),
+        Window(day(5), day(8), tuple(t.name for t in DERIVED_TABLES)),
+    ]
+    assert windows(day(1), day(2), cut) == (Window(day(1), day(2), ()), [])
+    assert windows(day(6), day(7), {}) == (
+        None,
+        [Window(day(6), day(7), tuple(t.name for t in DERIVED_TABLES))],
+    )
