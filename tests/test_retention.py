@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import psycopg
+import psycopg.conninfo
+import pytest
 from conftest import Pipeline
 
 from clickstream.events import CleanBatch, OrderLineRow, Reject, ViewRow, format_timestamp
@@ -322,3 +324,27 @@ def test_a_day_detached_but_not_dropped_never_comes_back(pipeline):
         prune(conn, cutoffs(pipeline.settings, NOW), NOW)
     tables = {r[0] for r in pipeline.query("SELECT relname FROM pg_class WHERE relkind = 'r'")}
     assert names[0] in tables and names[1] not in tables
+
+
+def test_an_ingest_role_without_ddl_rights_still_gets_its_days(pipeline):
+    """The days are made by clickstream_add_day, which runs as the tables' owner."""
+    role = f"ingest_{uuid.uuid4().hex[:8]}"
+    with connect(pipeline.settings, autocommit=True) as owner:
+        owner.execute(f"CREATE ROLE {role} LOGIN")
+        owner.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+        )
+        owner.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+    try:
+        url = psycopg.conninfo.make_conninfo(pipeline.settings.database_url, user=role)
+        moment = NOW - timedelta(days=40)
+        with psycopg.connect(url) as conn:
+            stored = write_batch(conn, CleanBatch(views=[view("v-1", moment)]))
+            assert stored.views == 1
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"CREATE TABLE {role}_own (x int)")
+        assert pipeline.query("SELECT messageid FROM product_views") == [("v-1",)]
+    finally:
+        with connect(pipeline.settings, autocommit=True) as owner:
+            owner.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+            owner.execute(f"DROP ROLE {role}")

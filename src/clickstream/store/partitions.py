@@ -10,7 +10,8 @@ all the time:
 - A new day is created as a plain table with a CHECK constraint of its range, then
   `ATTACH PARTITION`ed: that takes SHARE UPDATE EXCLUSIVE on the parent, which lets inserts
   and reads run on (`CREATE TABLE ... PARTITION OF` would take ACCESS EXCLUSIVE and queue
-  every writer behind the slowest reader). The CHECK spares the attach its scan.
+  every writer behind the slowest reader). The CHECK spares the attach its scan. This runs
+  in SQL, `clickstream_add_day` (store/schema.py), as the tables' owner.
 - An old day leaves with `DETACH PARTITION ... CONCURRENTLY` (also SHARE UPDATE EXCLUSIVE,
   then it waits for the queries that may still see the partition), and is then dropped
   alone, outside the parent, where nothing waits for it.
@@ -48,7 +49,6 @@ PARTITIONED: dict[str, str] = {
 }
 
 _NAME = re.compile(r"_p(\d{8})$")
-_LOCK_ID = 0x636C6B70  # "clkp": one creator of partitions at a time
 
 
 @dataclass(frozen=True)
@@ -89,51 +89,18 @@ def partitions(conn: psycopg.Connection, table: str) -> list[Partition]:
 def ensure_days(conn: psycopg.Connection, table: str, days: set[date]) -> list[date]:
     """Create the missing partitions of these days; return the days created.
 
-    Each day is created in a transaction of its own, under an advisory lock so that two
-    writers meeting the same new day do not both create it. The connection must not be
-    inside a transaction.
+    Through the function `clickstream_add_day` (migration 0008_time_partitions), which runs
+    as the tables' owner: the ingest's role needs no DDL rights for it. Each day is created
+    in a transaction of its own, under an advisory lock so that two writers meeting the same
+    new day do not both create it; a day table a stopped prune detached but did not drop is
+    dropped first (its rows and keys are pruned, they must not come back).
     """
-    column = PARTITIONED[table]
     created = []
     for day in sorted(days):
-        name = partition_name(table, day)
-        lower, upper = day_bounds(day)
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-            found = conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid)"
-                " FROM pg_class c WHERE c.oid = to_regclass(%s)",
-                (name,),
-            ).fetchone()
-            if found and found[0]:
-                continue
-            ident = sql.Identifier(name)
-            if found:
-                # Detached by a prune that stopped before dropping it: its rows are pruned
-                # (their keys too), so they must not come back.
-                conn.execute(sql.SQL("DROP TABLE {}").format(ident))
-            conn.execute(
-                sql.SQL(
-                    "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
-                    " INCLUDING GENERATED)"
-                ).format(ident, sql.Identifier(table))
-            )
-            conn.execute(
-                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} >= {} AND {} < {})").format(
-                    ident,
-                    sql.Identifier(f"{name}_range"),
-                    sql.Identifier(column),
-                    sql.Literal(lower),
-                    sql.Identifier(column),
-                    sql.Literal(upper),
-                )
-            )
-            conn.execute(
-                sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-                    sql.Identifier(table), ident, sql.Literal(lower), sql.Literal(upper)
-                )
-            )
-        created.append(day)
+            added = conn.execute("SELECT clickstream_add_day(%s, %s)", (table, day)).fetchone()
+        if added and added[0]:
+            created.append(day)
     return created
 
 

@@ -42,6 +42,49 @@ _PARTITIONED_0008 = {
 }
 _DAYS_AHEAD_0008 = 2
 
+# A day's partition, made by whoever meets a day without one (the ingest, a prune): a plain
+# table with a CHECK of its range, then attached, which takes SHARE UPDATE EXCLUSIVE on the
+# parent and so never blocks the ingest (store/partitions.py). It runs as its owner (SECURITY
+# DEFINER): the ingest's role needs no DDL rights. Names and bounds come from the function's
+# own constants and a date, never from the caller's text.
+_ADD_DAY_0008 = """
+    CREATE FUNCTION clickstream_add_day(parent text, day date) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+    DECLARE
+        part text := parent || '_p' || to_char(day, 'YYYYMMDD');
+        col text := CASE parent
+            WHEN 'product_views' THEN 'viewed_at'
+            WHEN 'order_lines' THEN 'ordered_at'
+            WHEN 'user_product_hours' THEN 'hour'
+            WHEN 'report_buyers' THEN 'hour'
+        END;
+        lower_bound timestamptz := day::timestamp AT TIME ZONE 'UTC';
+        upper_bound timestamptz := (day + 1)::timestamp AT TIME ZONE 'UTC';
+        attached boolean;
+    BEGIN
+        IF col IS NULL THEN
+            RAISE EXCEPTION 'not a table partitioned by day: %', parent;
+        END IF;
+        PERFORM pg_advisory_xact_lock(1668049776);  -- "clkp"
+        SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid) INTO attached
+        FROM pg_class c WHERE c.oid = to_regclass(part);
+        IF attached THEN
+            RETURN false;
+        END IF;
+        IF attached IS NOT NULL THEN  -- detached by a prune that stopped before dropping it
+            EXECUTE format('DROP TABLE %I', part);
+        END IF;
+        EXECUTE format(
+            'CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING CONSTRAINTS'
+            ' INCLUDING GENERATED)', part, parent);
+        EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (%I >= %L AND %I < %L)',
+            part, part || '_range', col, lower_bound, col, upper_bound);
+        EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+            parent, part, lower_bound, upper_bound);
+        RETURN true;
+    END $$
+"""
+
 
 def _partition_table_0008(table: str, column: str) -> tuple[str, ...]:
     """Replace `table` by one partitioned by UTC day of `column`, its rows copied over.
@@ -333,6 +376,7 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
             )
         ),
         "CREATE INDEX dead_letters_received_at ON dead_letters (received_at)",
+        _ADD_DAY_0008,
         # What each prune removed: reconcile reports hours before these as pruned.
         """
         CREATE TABLE retention_cutoffs (
