@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from clickstream.events import CleanBatch, OrderLineRow, ViewRow, format_timestamp
+from clickstream.event_time import format_timestamp
+from clickstream.events import CleanBatch, OrderLineRow, ViewRow
 from clickstream.reconcile import Window, windows
 from clickstream.store.db import connect
 from clickstream.store.recompute import DERIVED_TABLES

@@ -20,12 +20,13 @@ import psycopg.conninfo
 import pytest
 from conftest import Pipeline
 
-from clickstream.events import CleanBatch, OrderLineRow, Reject, ViewRow, format_timestamp
+from clickstream.event_time import format_timestamp
+from clickstream.events import CleanBatch, OrderLineRow, Reject, ViewRow
 from clickstream.ingest import Ingestor
 from clickstream.reports.scheduler import run_every_hour
 from clickstream.store.db import connect
 from clickstream.store.retention import cutoffs, prune
-from clickstream.store.schema import MIGRATIONS
+from clickstream.store.schema import MIGRATIONS, migrate
 from clickstream.store.writer import write_batch
 
 NOW = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
@@ -248,6 +249,8 @@ def test_the_migration_moves_existing_rows_into_day_partitions(pipeline):
     """Tables of a database from before 0008 keep every row, and their dedup."""
     first, second = CUTOFF + timedelta(hours=5), NOW - timedelta(days=2)
     with psycopg.connect(pipeline.settings.database_url) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")  # the fixture's is current: start older
+        conn.execute("CREATE SCHEMA public")
         conn.execute(
             "CREATE TABLE schema_migrations"
             " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -280,7 +283,8 @@ def test_the_migration_moves_existing_rows_into_day_partitions(pipeline):
             table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3").fetchall()
             for table in ("product_views", "order_lines", "user_product_hours")
         }
-    with connect(pipeline.settings) as conn:
+    with psycopg.connect(pipeline.settings.database_url) as conn:
+        migrate(conn)
         assert (
             conn.execute("SELECT * FROM product_views ORDER BY 1, 2, 3").fetchall()
             == before["product_views"]

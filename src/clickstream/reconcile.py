@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from clickstream.config import Settings
-from clickstream.events import format_timestamp
+from clickstream.event_time import format_timestamp
 from clickstream.reports.hours import HOUR, suffix
 from clickstream.store.db import connect
 from clickstream.store.recompute import DERIVED_TABLES, Difference, differences

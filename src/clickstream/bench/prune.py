@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from clickstream.bench.scratch import scratch_database
 from clickstream.config import Settings
-from clickstream.events import CleanBatch, ViewRow, format_timestamp
+from clickstream.event_time import format_timestamp
+from clickstream.events import CleanBatch, ViewRow
 from clickstream.store.db import connect
 from clickstream.store.partitions import ensure_days, partition_name
 from clickstream.store.retention import cutoffs, prune
