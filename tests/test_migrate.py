@@ -39,8 +39,8 @@ WRITER_GRANTS = [
     "GRANT USAGE ON SCHEMA public TO clickstream_writer;",
     "GRANT SELECT ON ALL TABLES IN SCHEMA public TO clickstream_writer;",
     "GRANT INSERT, UPDATE ON products, product_views, order_lines, dead_letters,"
-    " user_product_hours, report_view_hours, report_order_hours, report_buyers"
-    " TO clickstream_writer;",
+    " user_product_hours, report_view_hours, report_order_hours, report_buyers,"
+    " view_messageids, order_messageids TO clickstream_writer;",
     "GRANT USAGE ON SEQUENCE dead_letters_id_seq TO clickstream_writer;",
 ]
 READER_GRANTS = [
