@@ -5,9 +5,9 @@ Both run in the background under the data directory and are recorded in
 Both listen on loopback only: Tansu on a free 127.0.0.1 port, PostgreSQL on a Unix socket.
 
 A recorded pid is only trusted while it is still the process we started: after a reboot or
-a crash the number may belong to anything. The broker's entry keeps its process's start
-time and command line, PostgreSQL's `postmaster.pid` its start time; `down` signals a
-process only when they match, and otherwise leaves it alone and says so.
+a crash the number may belong to anything. The broker's entry keeps its process's command
+line (which names its port), and a postmaster's command line names its data directory;
+`down` signals a process only when they match, and otherwise leaves it alone and says so.
 """
 
 from __future__ import annotations
@@ -89,17 +89,18 @@ def _describe(process: psutil.Process) -> str:
 
 
 def _tansu_process(entry: dict) -> psutil.Process | None:
-    """The broker's process, if the recorded pid still is the Tansu we started."""
+    """The broker's process, if the recorded pid still is the Tansu we started.
+
+    Identity is the command line, which names the broker's own port: start times are no
+    proof, since the boot time they derive from moves when a virtual machine is resumed.
+    """
     process = _process(entry.get("pid"))
     if process is None:
         return None
     try:
-        if "started" in entry:
-            # the boot time psutil adds to the tick count may move by a second between runs
-            same = abs(process.create_time() - entry["started"]) < 1 and (
-                process.cmdline() == entry["cmdline"]
-            )
-        else:  # recorded before start times were: its listener names the port
+        if "cmdline" in entry:
+            same = process.cmdline() == entry["cmdline"]
+        else:  # recorded before command lines were: its listener names the port
             same = f"tcp://127.0.0.1:{entry['port']}" in process.cmdline()
     except psutil.Error:
         return None
@@ -107,17 +108,29 @@ def _tansu_process(entry: dict) -> psutil.Process | None:
 
 
 def _postmaster(pgdata: Path) -> psutil.Process | None:
-    """PostgreSQL's postmaster, if the pid in `postmaster.pid` still is that server."""
+    """PostgreSQL's postmaster, if the pid in `postmaster.pid` still is that server.
+
+    A postmaster's command line names its data directory (`-D`): that is what tells ours
+    from any process that got the pid since.
+    """
     info = _embedded("pgserver.utils").PostmasterInfo.read_from_pgdata(pgdata)
     process = _process(info.pid) if info is not None and info.status == "ready" else None
     if process is None:
         return None
     try:
-        # postmaster.pid records, in whole seconds, when the server began starting up
-        same = abs(process.create_time() - info.start_time.timestamp()) < 5
+        args = process.cmdline()
     except psutil.Error:
         return None
+    data_dirs = [Path(args[i + 1]) for i, arg in enumerate(args[:-1]) if arg == "-D"]
+    same = any(_same_path(d, pgdata) for d in data_dirs)
     return process if same else None
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def _stranger(name: str, pid: int | None) -> None:
@@ -197,7 +210,6 @@ def _start_tansu(settings: Settings) -> dict:
         time.sleep(0.05)
     return {
         "pid": process.pid,
-        "started": psutil.Process(process.pid).create_time(),
         "cmdline": psutil.Process(process.pid).cmdline(),
         "port": port,
         "bootstrap": f"127.0.0.1:{port}",
