@@ -26,7 +26,7 @@ from psycopg import conninfo
 
 from clickstream.api.server import run_in_background
 from clickstream.services import embedded
-from clickstream.store.schema import MIGRATIONS
+from clickstream.store.migrations import MIGRATIONS
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 NEWEST = max(MIGRATIONS)

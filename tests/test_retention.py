@@ -25,8 +25,9 @@ from clickstream.events import CleanBatch, OrderLineRow, Reject, ViewRow
 from clickstream.ingest import Ingestor
 from clickstream.reports.scheduler import run_every_hour
 from clickstream.store.db import connect
+from clickstream.store.migrations import MIGRATIONS
 from clickstream.store.retention import cutoffs, prune
-from clickstream.store.schema import MIGRATIONS, migrate
+from clickstream.store.schema import migrate
 from clickstream.store.writer import write_batch
 
 NOW = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)

@@ -1,0 +1,112 @@
+"""The parsers that turn a YAML or environment value into a setting, or refuse it in one line."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CLICKSTREAM_"
+CONFIG_ENV = "CLICKSTREAM_CONFIG"
+
+
+def default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "clickstream")
+
+
+def as_text(value: Any) -> str:
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError("expected text")
+    return str(value).strip()
+
+
+def optional_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = as_text(value)
+    return text or None
+
+
+# host:port, the host a name, an IPv4 address or a bracketed IPv6 one; librdkafka also takes
+# a listener prefix such as PLAINTEXT://.
+_BROKER = re.compile(
+    r"(?:[A-Za-z_]+://)?(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])"
+    r":(\d{1,5})"
+)
+
+
+def bootstrap_servers(value: Any) -> str | None:
+    """Checked here, because librdkafka takes any string and then retries it forever."""
+    text = optional_text(value)
+    if text is None:
+        return None
+    entries = [entry.strip() for entry in text.split(",")]
+    for entry in entries:
+        match = _BROKER.fullmatch(entry)
+        if match is None or not 1 <= int(match.group(1)) <= 65535:
+            raise ValueError(f"expected host:port[,host:port...]; {entry!r} is not host:port")
+    return ",".join(entries)
+
+
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected a whole number")
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if number < minimum or (maximum is not None and number > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise ValueError(f"expected a whole number at least {minimum}{upper}")
+        return number
+
+    return parse
+
+
+def positive_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not 0 < number < float("inf"):
+        raise ValueError("expected a finite number greater than 0")
+    return number
+
+
+def share(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not 0 <= number <= 1:
+        raise ValueError("expected a share from 0 to 1, e.g. 0.01 for 1 %")
+    return number
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = as_text(value).lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return text
+
+    return parse
