@@ -19,6 +19,7 @@ import logging
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -75,28 +76,22 @@ class SparkIngestor:
 
     def run(self, until_idle: float | None = None) -> IngestStats:
         """Consume until stopped, or until no event arrived for `until_idle` seconds."""
-        from clickstream.spark.session import spark_session
-
         settings = self.settings
-        topics = list(settings.topics)
-        ensure_topics(self.bootstrap, topics, settings.kafka_partitions)
-        # The schema is current before any task writes: migrated here, as the default
-        # engine does on first start, when allowed and the role may.
-        with (
-            connect(settings, check_schema=False) as conn,
-            database_errors(privileges="CREATE"),
-        ):
-            applied = schema.migrate_on_start(conn, allowed=settings.database_auto_migrate)
-        if applied:
-            log.info("database schema: %s", schema.describe(applied))
-        spark = self._spark or spark_session(self.master)
+        started = time.monotonic()
+        spark = self._session()
         # The master that runs the job decides (under spark-submit, spark-submit's).
         master = spark.sparkContext.master
         self.sink.tasks = settings.spark_sink == "tasks" or (
             settings.spark_sink == "auto" and not master.startswith("local")
         )
         checkpoint = checkpoint_dir(settings)
-        with tempfile.TemporaryDirectory(prefix="clickstream-spark-") as scratch:
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="spark-warm-up") as pool,
+            tempfile.TemporaryDirectory(prefix="clickstream-spark-") as scratch,
+        ):
+            # The first micro-batch with data would otherwise pay for starting the Python
+            # workers: they start while the query is defined and plans its first trigger.
+            warm = pool.submit(warm_up, spark, tasks=self.sink.tasks)
             stop_file = str(Path(scratch) / "stop")
             query = (
                 self._stream(spark, stop_file)
@@ -107,7 +102,7 @@ class SparkIngestor:
             )
             log.info(
                 "consuming %s from %s on Spark %s (%s source, writes in %s), checkpoint %s",
-                ", ".join(topics),
+                ", ".join(settings.topics),
                 self.bootstrap,
                 master,
                 settings.spark_source,
@@ -115,13 +110,31 @@ class SparkIngestor:
                 checkpoint,
             )
             try:
-                # While the query plans its first trigger: the first micro-batch with data
-                # would otherwise pay for starting the workers.
-                warm_up(spark)
+                warm.result()
+                log.debug("Python workers warm %.1fs after start", time.monotonic() - started)
                 self._watch(query, until_idle)
             finally:
                 self._stop_between_batches(query, stop_file)
         return self.stats
+
+    def _session(self):
+        """The SparkSession, its JVM started while the topics and the schema are checked."""
+        from clickstream.spark.session import spark_session
+
+        settings = self.settings
+        with ThreadPoolExecutor(1, thread_name_prefix="spark-start") as pool:
+            session = pool.submit(spark_session, self.master) if self._spark is None else None
+            ensure_topics(self.bootstrap, list(settings.topics), settings.kafka_partitions)
+            # The schema is current before any task writes: migrated here, as the default
+            # engine does on first start, when allowed and the role may.
+            with (
+                connect(settings, check_schema=False) as conn,
+                database_errors(privileges="CREATE"),
+            ):
+                applied = schema.migrate_on_start(conn, allowed=settings.database_auto_migrate)
+            if applied:
+                log.info("database schema: %s", schema.describe(applied))
+            return self._spark or session.result()
 
     def _stream(self, spark, stop_file: str):
         """Both topics as rows of (topic, partition, offset, value, timestamp_ms)."""
@@ -166,6 +179,7 @@ class SparkIngestor:
         )
         next_log = time.monotonic() + settings.ingest_log_every_seconds
         last_logged = (0, time.monotonic())
+        logged_batch = None
         try:
             while not self.stop.wait(_POLL):
                 if not query.isActive:
@@ -177,6 +191,15 @@ class SparkIngestor:
                 if progress is not None and self.ready_at is None:
                     self.ready_at = now
                     log.info("Spark query running: first trigger done")
+                if progress is not None and progress["batchId"] != logged_batch:
+                    logged_batch = progress["batchId"]
+                    if progress["numInputRows"]:
+                        log.debug(
+                            "micro-batch %d: %d rows, Spark's phases (ms) %s",
+                            logged_batch,
+                            progress["numInputRows"],
+                            progress["durationMs"],
+                        )
                 if committer is not None and progress is not None:
                     committer.commit(progress)
                 if now >= next_log:

@@ -80,7 +80,10 @@ class BatchSink:
             _kill_job()
 
     def _write_on_driver(self, frame) -> None:
-        raw = raw_events(frame.toArrow(), self.kinds)
+        started = time.monotonic()
+        table = frame.toArrow()
+        read = time.monotonic()
+        raw = raw_events(table, self.kinds)
         if not raw:
             return
         self.stats.consumed += len(raw)
@@ -89,8 +92,16 @@ class BatchSink:
             max_event_bytes=self.settings.ingest_max_event_bytes,
             rule=self.settings.event_time_rule,
         )
+        cleaned = time.monotonic()
         self._ingestor._write_with_retry(raw, batch)
         self.last_rows_at = time.monotonic()  # idle time counts from the end of a batch
+        log.debug(
+            "micro-batch of %d events: read %.2fs, cleaned %.2fs, written %.2fs",
+            len(raw),
+            read - started,
+            cleaned - read,
+            self.last_rows_at - cleaned,
+        )
 
     def _write_in_tasks(self, frame) -> None:
         settings, kinds = self.settings, self.kinds
@@ -143,10 +154,12 @@ def _kill_job() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def warm_up(spark) -> None:
+def warm_up(spark, *, tasks: bool) -> None:
     """Start the Python workers and import what the tasks need, before the first micro-batch.
 
-    Otherwise the first micro-batch with data pays for it, about ten seconds in local mode.
+    Otherwise the first micro-batch with data pays for it, seconds in local mode. The job
+    has the sink's shape: a task that reads and writes runs two Python workers at once (the
+    source's, the writer's); the driver collects as Arrow.
     """
     cores = spark.sparkContext.defaultParallelism
 
@@ -156,4 +169,8 @@ def warm_up(spark) -> None:
 
         yield from batches
 
-    spark.range(cores, numPartitions=cores).mapInArrow(load, "id long").collect()
+    job = spark.range(cores, numPartitions=cores).mapInArrow(load, "id long")
+    if tasks:
+        job.mapInArrow(load, "id long").collect()
+    else:
+        job.toArrow()  # the driver's way in: its Arrow classes loaded too
