@@ -76,6 +76,14 @@ def register(sub) -> None:
         metavar="BENCHMARK",
         what="a benchmark",
     )
+    _add_ingest(sub)
+    _add_realtime(sub)
+    _add_api(sub)
+    _add_reports(sub)
+    _add_prune(sub)
+
+
+def _add_ingest(sub) -> None:
     p = command(
         sub,
         "ingest",
@@ -114,6 +122,9 @@ def register(sub) -> None:
         metavar="URL",
         help="Spark master of --engine spark (default: spark.master, local[*])",
     )
+
+
+def _add_realtime(sub) -> None:
     p = command(
         sub,
         "realtime",
@@ -127,6 +138,9 @@ def register(sub) -> None:
     p.add_argument("--events", type=positive_int, default=1_000_000, help="views (default 1000000)")
     p.add_argument("--users", type=positive_int, default=10_000, help="users (default 10000)")
     p.add_argument("--seed", type=int, default=5, help="random seed (default 5)")
+
+
+def _add_api(sub) -> None:
     p = command(
         sub,
         "api",
@@ -157,6 +171,9 @@ def register(sub) -> None:
         " both: a server each time off, on, on, off, the last line giving each side's best"
         " and ratio=on/off (default on)",
     )
+
+
+def _add_reports(sub) -> None:
     p = command(
         sub,
         "reports",
@@ -173,6 +190,9 @@ def register(sub) -> None:
         "--orders", type=positive_int, default=500_000, help="order lines (default 500000)"
     )
     p.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
+
+
+def _add_prune(sub) -> None:
     p = command(
         sub,
         "prune",

@@ -119,6 +119,14 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    _add_consume(sub)
+    _add_report(sub)
+    _add_demo(sub)
+    _add_serve(sub)
+    _add_realtime(sub)
+
+
+def _add_consume(sub) -> None:
     p = command(
         sub,
         "consume",
@@ -167,6 +175,8 @@ def register(sub) -> None:
         help="Spark master for --engine spark (default: spark.master, local[*])",
     )
 
+
+def _add_report(sub) -> None:
     p = command(
         sub,
         "report",
@@ -197,6 +207,8 @@ def register(sub) -> None:
         "--out", type=Path, metavar="DIR", help="folder to write into (default: reports_dir)"
     )
 
+
+def _add_demo(sub) -> None:
     p = command(
         sub,
         "demo",
@@ -212,6 +224,8 @@ def register(sub) -> None:
         help="how long to run (default: demo.duration, $CLICKSTREAM_DEMO_DURATION, 120)",
     )
 
+
+def _add_serve(sub) -> None:
     p = command(
         sub,
         "serve",
@@ -232,6 +246,8 @@ def register(sub) -> None:
         "--no-access-log", action="store_true", help="do not log every request (api.access_log)"
     )
 
+
+def _add_realtime(sub) -> None:
     p = command(
         sub,
         "realtime",
