@@ -26,6 +26,7 @@ from typing import NoReturn
 
 import psycopg
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from psycopg import conninfo
 
 from clickstream.config import SETTINGS, Settings, load_settings
@@ -120,6 +121,24 @@ class Pipeline:
 
     def consume(self, until_idle: float = 1.5):
         return Ingestor(self.settings, self.bootstrap).run(until_idle=until_idle)
+
+    def committed(self) -> dict[tuple[str, int], int]:
+        """The ingest group's committed offset of every partition (0 when none)."""
+        probe = Consumer(
+            {"bootstrap.servers": self.bootstrap, "group.id": self.settings.kafka_consumer_group}
+        )
+        try:
+            partitions = [
+                TopicPartition(topic, n)
+                for topic in self.settings.topics
+                for n in range(self.settings.kafka_partitions)
+            ]
+            return {
+                (tp.topic, tp.partition): max(tp.offset, 0)
+                for tp in probe.committed(partitions, timeout=10)
+            }
+        finally:
+            probe.close()
 
     def query(self, sql: str, params=()) -> list[tuple]:
         with psycopg.connect(self.settings.database_url) as conn:

@@ -64,7 +64,7 @@ class Harness:
 
     def sample(self) -> Offsets:
         """Committed offsets, then what is stored: the commit must never be ahead."""
-        offsets = committed(self.p)
+        offsets = self.p.committed()
         views, orders = self.stored()
         self.samples.append((offsets, views, orders))
         return offsets
@@ -115,25 +115,6 @@ def _harness(pipeline: Pipeline, url: str | None = None) -> Iterator[Harness]:
 @pytest.fixture
 def harness(pipeline) -> Iterator[Harness]:
     yield from _harness(pipeline)
-
-
-def committed(p: Pipeline) -> Offsets:
-    """The ingest group's committed offset of every partition (0 when none)."""
-    probe = Consumer(
-        {"bootstrap.servers": p.bootstrap, "group.id": p.settings.kafka_consumer_group}
-    )
-    try:
-        partitions = [
-            TopicPartition(topic, n)
-            for topic in p.settings.topics
-            for n in range(p.settings.kafka_partitions)
-        ]
-        return {
-            (tp.topic, tp.partition): max(tp.offset, 0)
-            for tp in probe.committed(partitions, timeout=10)
-        }
-    finally:
-        probe.close()
 
 
 def messageids_by_offset(p: Pipeline) -> dict[tuple[str, int, int], str]:
@@ -213,7 +194,7 @@ def run_through_fault(
 
     def all_committed() -> bool:
         totals = dict.fromkeys(p.settings.topics, 0)
-        for (topic, _), offset in committed(p).items():
+        for (topic, _), offset in p.committed().items():
             totals[topic] += offset
         return totals == sent
 
@@ -224,10 +205,10 @@ def run_through_fault(
         retries = ingestor.stats.retries
         send(*parts[1])
         wait_for(lambda: ingestor.stats.retries >= retries + 1, 60, "the consumer to retry")
-        held = h.sample() if queryable else committed(p)
+        held = h.sample() if queryable else p.committed()
         wait_for(lambda: ingestor.stats.retries >= retries + tries, 60, "more retries")
         assert thread.is_alive(), thread.error
-        during = h.sample() if queryable else committed(p)
+        during = h.sample() if queryable else p.committed()
         if lasting:
             assert during == held, "offsets were committed while the fault held"
         undo()
@@ -417,7 +398,7 @@ def test_the_database_down_when_the_consumer_starts(own_harness, caplog):
         start_database()
         h.admin = psycopg.connect(h.admin_url, autocommit=True)
         wait_for(
-            lambda: sum(committed(p).values()) == len(stream.views) + len(stream.orders),
+            lambda: sum(p.committed().values()) == len(stream.views) + len(stream.orders),
             90,
             "every event to be stored and committed",
         )

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from conftest import Pipeline, fresh_database
 from test_ingest import (
     assert_stored_exactly_once,
@@ -57,25 +56,6 @@ def consume(p: Pipeline, engine: str, spark=None, until_idle: float = 2.0) -> In
     return SparkIngestor(settings, p.bootstrap, spark=spark).run(until_idle=until_idle)
 
 
-def committed(p: Pipeline) -> dict[tuple[str, int], int]:
-    consumer = Consumer(
-        {"bootstrap.servers": p.bootstrap, "group.id": p.settings.kafka_consumer_group}
-    )
-    try:
-        partitions = [
-            TopicPartition(topic, n)
-            for topic in p.settings.topics
-            for n in range(p.settings.kafka_partitions)
-        ]
-        return {
-            (tp.topic, tp.partition): tp.offset
-            for tp in consumer.committed(partitions, timeout=10)
-            if tp.offset >= 0
-        }
-    finally:
-        consumer.close()
-
-
 ENGINES = ["python", "spark", "spark-tasks"]
 
 
@@ -98,7 +78,7 @@ def test_each_engine_stores_exactly_once_and_a_replay_stores_nothing(pipeline, e
     reasons = {r.split(":")[0] for (r,) in p.query("SELECT reason FROM dead_letters")}
     assert reasons == {"bad-json", "missing-field", "bad-utf8", "wrong-event", "bad-lineitems"}
     # The group's offsets show everything consumed, for lag tools.
-    assert sum(committed(p).values()) == first.consumed
+    assert sum(p.committed().values()) == first.consumed
 
     replay = fast(p, kafka_consumer_group=p.settings.kafka_consumer_group + "-again")
     again = consume(replay, engine, spark)
