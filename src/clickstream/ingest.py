@@ -189,16 +189,21 @@ class Ingestor:
 
     def _write_with_retry(self, raw: list[RawEvent], batch: CleanBatch) -> None:
         """Write the batch, retrying every fault (store/faults.py) until it is written."""
-        settings = self.settings
         started = time.monotonic()
-        for attempt in retrying(
-            log, "nothing committed", max_wait=settings.ingest_retry_max_seconds, stop=self.stop
-        ):
+        written = self._retry(lambda conn: self._write(raw, batch))
+        self.stats.add(batch, written)
+        self.metrics.batch_written(raw, batch, written, time.monotonic() - started)
+
+    def _retry(self, write: Callable[[psycopg.Connection], WriteResult]) -> WriteResult:
+        """Run `write` on this consumer's connection until no fault stops it (a fresh
+        connection after each); `write` commits what it writes, or nothing."""
+        max_wait = self.settings.ingest_retry_max_seconds
+        for attempt in retrying(log, "nothing committed", max_wait=max_wait, stop=self.stop):
             with attempt:
                 try:
                     if self._conn is None or self._conn.closed:
                         self._conn = self._connect_db()
-                    written = self._write(raw, batch)
+                    written = write(self._conn)
                 except Unavailable as exc:
                     # A fresh connection on the next try: after a failover or a terminated
                     # backend, only a new session sees the server as it is now.
@@ -206,8 +211,7 @@ class Ingestor:
                     self.metrics.retried(exc)
                     self._drop_connection()
                     raise
-        self.stats.add(batch, written)
-        self.metrics.batch_written(raw, batch, written, time.monotonic() - started)
+        return written
 
     def _write(self, raw: list[RawEvent], batch: CleanBatch) -> WriteResult:
         """Write the batch; if the database refuses its content, find the events it refuses."""

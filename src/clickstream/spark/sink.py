@@ -8,7 +8,10 @@ differently and still changes nothing.
 
 Two ways to write, one per deployment:
 - `driver`: the batch is collected to the driver as Arrow and written in one transaction.
-  Simplest and fastest on one machine (local mode).
+  Simplest and fastest on one machine (local mode). Its stages overlap: each chunk of Arrow
+  rows is cleaned as it arrives and handed to a writer thread that writes it into the
+  micro-batch's open transaction, while the tasks still read the rest; the transaction
+  commits once the last chunk is in, so the micro-batch stays all or nothing.
 - `tasks`: each task cleans and writes its own share in its own transaction (`mapInArrow`)
   and returns its counts. On a cluster the data never travels to the driver; a retried or
   speculative task writes nothing twice.
@@ -16,17 +19,22 @@ Two ways to write, one per deployment:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import queue
 import signal
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pyarrow as pa
 
 from clickstream.config import Settings
-from clickstream.events import Kind, RawEvent, clean_batch
+from clickstream.events import CleanBatch, Kind, RawEvent, clean_batch
 from clickstream.ingest import Ingestor, IngestStats
+from clickstream.store.writer import WriteResult
 
 __all__ = ["BatchSink", "raw_events", "warm_up"]
 
@@ -81,26 +89,35 @@ class BatchSink:
 
     def _write_on_driver(self, frame) -> None:
         started = time.monotonic()
-        table = frame.toArrow()
-        read = time.monotonic()
-        raw = raw_events(table, self.kinds)
-        if not raw:
+        settings, chunks = self.settings, _Chunks()
+        with ThreadPoolExecutor(1, thread_name_prefix="clickstream-micro-batch") as pool:
+            writing = pool.submit(self._ingestor._retry, chunks.write_all(self._ingestor))
+            try:
+                for rows in arrow_batches(frame):
+                    raw = raw_events(rows, self.kinds)
+                    rule, size = settings.event_time_rule, settings.ingest_max_event_bytes
+                    chunks.put(raw, clean_batch(raw, max_event_bytes=size, rule=rule))
+            except BaseException:
+                chunks.abort()  # the writer rolls back whatever it wrote of this batch
+                raise
+            chunks.end()
+            read = time.monotonic()
+            written = writing.result()
+        if not chunks.raw:
             return
-        self.stats.consumed += len(raw)
-        batch = clean_batch(
-            raw,
-            max_event_bytes=self.settings.ingest_max_event_bytes,
-            rule=self.settings.event_time_rule,
-        )
-        cleaned = time.monotonic()
-        self._ingestor._write_with_retry(raw, batch)
+        self.stats.consumed += len(chunks.raw)
+        self.stats.add(chunks.batch, written)
         self.last_rows_at = time.monotonic()  # idle time counts from the end of a batch
+        self._ingestor.metrics.batch_written(
+            chunks.raw, chunks.batch, written, self.last_rows_at - started
+        )
         log.debug(
-            "micro-batch of %d events: read %.2fs, cleaned %.2fs, written %.2fs",
-            len(raw),
+            "micro-batch of %d events: read and cleaned %.2fs, written %.2fs later,"
+            " %d writes in its transaction",
+            len(chunks.raw),
             read - started,
-            cleaned - read,
-            self.last_rows_at - cleaned,
+            self.last_rows_at - read,
+            chunks.writes,
         )
 
     def _write_in_tasks(self, frame) -> None:
@@ -144,6 +161,117 @@ def write_share(
         [{name: getattr(stats, name) for name in _COUNT_FIELDS}],
         schema=pa.schema([(name, pa.int64()) for name in _COUNT_FIELDS]),
     )
+
+
+def arrow_batches(frame) -> Iterator[pa.RecordBatch]:
+    """The frame's rows as Arrow record batches, each as soon as the driver has it.
+
+    `toArrow` returns once the whole result is in; this is its streaming core (pyspark 4.2's
+    `_collect_as_arrow`), so the first rows are cleaned and written while tasks still read.
+    A partition's batches keep their order; partitions come in the order they finish.
+    """
+    from pyspark.errors.exceptions.captured import unwrap_spark_exception
+    from pyspark.sql.pandas.serializers import ArrowCollectSerializer
+    from pyspark.traceback_utils import SCCallSiteSync
+    from pyspark.util import _load_from_socket
+
+    with SCCallSiteSync(frame.sparkSession.sparkContext):
+        port, secret, server = frame._jdf.collectAsArrowToPython()
+    try:
+        with _load_from_socket((port, secret), ArrowCollectSerializer()) as stream:
+            for item in stream:  # the batches, then the list of their order
+                if isinstance(item, pa.RecordBatch) and item.num_rows:
+                    yield item
+    finally:
+        with unwrap_spark_exception():
+            server.getResult()  # the job's error, if it failed
+
+
+class _Aborted(Exception):
+    """The micro-batch could not be read whole: nothing of it may commit."""
+
+
+class _Chunks:
+    """A micro-batch's cleaned chunks, from the reading thread to the writing one.
+
+    The writer writes what has arrived, all of it at once (fewer, larger writes when it
+    falls behind), each write a savepoint of the one transaction. After a fault the retry
+    writes the chunks received so far again, in a new transaction, and goes on.
+    """
+
+    _END, _ABORT = object(), object()
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._received: list[tuple[list[RawEvent], CleanBatch]] = []
+        self._ended = False
+        self.writes = 0
+
+    def put(self, raw: list[RawEvent], batch: CleanBatch) -> None:
+        self._queue.put((raw, batch))
+
+    def end(self) -> None:
+        self._queue.put(self._END)
+
+    def abort(self) -> None:
+        self._queue.put(self._ABORT)
+
+    def write_all(self, ingestor: Ingestor):
+        """The function `Ingestor._retry` runs: every chunk, in one transaction."""
+
+        def write(conn: psycopg.Connection) -> WriteResult:
+            self.writes = 0
+            written = WriteResult(0, 0, 0, 0)
+            chunks = self._chunks()
+            first = next(chunks, None)  # an empty micro-batch opens no transaction
+            if first is None:
+                return written
+            with ingestor._errors(), conn.transaction():
+                for raw, batch in itertools.chain([first], chunks):
+                    part = ingestor._write(raw, batch)
+                    written = WriteResult(*(a + b for a, b in zip(written, part, strict=True)))
+                    self.writes += 1
+            return written
+
+        return write
+
+    def _chunks(self) -> Iterator[tuple[list[RawEvent], CleanBatch]]:
+        yield from list(self._received)
+        while not self._ended:
+            items = [self._queue.get()]
+            while not self._queue.empty():
+                items.append(self._queue.get())
+            if any(item is self._ABORT for item in items):
+                raise _Aborted("the micro-batch was not read whole")
+            self._ended = items[-1] is self._END
+            chunks = [item for item in items if item is not self._END]
+            if chunks:
+                self._received.append(_merged(chunks))
+                yield self._received[-1]
+
+    @property
+    def raw(self) -> list[RawEvent]:
+        return [event for raw, _ in self._received for event in raw]
+
+    @property
+    def batch(self) -> CleanBatch:
+        return _merged(self._received)[1]
+
+
+def _merged(chunks: list[tuple[list[RawEvent], CleanBatch]]) -> tuple[list[RawEvent], CleanBatch]:
+    """Chunks as one: cleaning is per event, so this is what cleaning them together gives."""
+    if len(chunks) == 1:
+        return chunks[0]
+    merged = CleanBatch()
+    raw: list[RawEvent] = []
+    for events, batch in chunks:
+        raw += events
+        merged.views += batch.views
+        merged.order_lines += batch.order_lines
+        merged.rejects += batch.rejects
+        merged.orders += batch.orders
+        merged.replaced_times.update(batch.replaced_times)
+    return raw, merged
 
 
 def _kill_job() -> None:
