@@ -36,7 +36,7 @@ from clickstream.events import CleanBatch, Kind, RawEvent, clean_batch
 from clickstream.ingest import Ingestor, IngestStats
 from clickstream.store.writer import WriteResult
 
-__all__ = ["BatchSink", "raw_events", "warm_up"]
+__all__ = ["BatchSink", "Chunks", "arrow_batches", "raw_events", "warm_up"]
 
 log = logging.getLogger("clickstream.spark")
 
@@ -89,7 +89,7 @@ class BatchSink:
 
     def _write_on_driver(self, frame) -> None:
         started = time.monotonic()
-        settings, chunks = self.settings, _Chunks()
+        settings, chunks = self.settings, Chunks()
         with ThreadPoolExecutor(1, thread_name_prefix="clickstream-micro-batch") as pool:
             writing = pool.submit(self._ingestor._retry, chunks.write_all(self._ingestor))
             try:
@@ -191,7 +191,7 @@ class _Aborted(Exception):
     """The micro-batch could not be read whole: nothing of it may commit."""
 
 
-class _Chunks:
+class Chunks:
     """A micro-batch's cleaned chunks, from the reading thread to the writing one.
 
     The writer writes what has arrived, all of it at once (fewer, larger writes when it
