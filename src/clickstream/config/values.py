@@ -67,25 +67,24 @@ def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[Any], in
     return parse
 
 
-def positive_float(value: Any) -> float:
+def _number(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a number")
     try:
-        number = float(str(value).strip())
+        return float(str(value).strip())
     except ValueError:
         raise ValueError("expected a number") from None
+
+
+def positive_float(value: Any) -> float:
+    number = _number(value)
     if not 0 < number < float("inf"):
         raise ValueError("expected a finite number greater than 0")
     return number
 
 
 def share(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a number")
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        raise ValueError("expected a number") from None
+    number = _number(value)
     if not 0 <= number <= 1:
         raise ValueError("expected a share from 0 to 1, e.g. 0.01 for 1 %")
     return number
