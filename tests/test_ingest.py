@@ -26,8 +26,9 @@ from conftest import Pipeline
 
 from clickstream.events import Reason
 from clickstream.generate import generate
-from clickstream.ingest import APPLICATION_NAME, Ingestor
+from clickstream.ingest import Ingestor
 from clickstream.services import embedded
+from clickstream.store.batches import APPLICATION_NAME
 from clickstream.store.db import connect
 from clickstream.store.recompute import differences
 from clickstream.store.schema import migrate

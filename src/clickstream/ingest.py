@@ -15,7 +15,6 @@ they are more than `ingest.max_rejected_share` of it, which is a fault again
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -28,18 +27,15 @@ import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clickstream.config import Settings
-from clickstream.errors import RejectedByDatabase, Unavailable
-from clickstream.events import CleanBatch, Kind, RawEvent, clean_batch
+from clickstream.errors import Unavailable
+from clickstream.events import CleanBatch, Kind, RawEvent
 from clickstream.kafka.client import consumer_config, ensure_topics
 from clickstream.kafka.lag import PartitionLag, consumer_lag, describe
 from clickstream.kafka.records import raw_event
 from clickstream.metrics import IngestMetrics
 from clickstream.retry import retrying
-from clickstream.store import schema
-from clickstream.store.db import connect
-from clickstream.store.faults import database_errors
-from clickstream.store.refusals import store_around_refusals
-from clickstream.store.writer import WriteResult, write_batch
+from clickstream.store.batches import BatchStore, clean
+from clickstream.store.writer import WriteResult
 
 __all__ = ["IngestStats", "Ingestor"]
 
@@ -47,12 +43,6 @@ log = logging.getLogger("clickstream.consume")
 
 # How long a member with an empty assignment waits for a share before `--until-idle` stops it.
 SPARE_MEMBER_SECONDS = 30.0
-
-# What the consumer's database sessions are called in pg_stat_activity.
-APPLICATION_NAME = "clickstream consume"
-
-# What the consumer's role needs on the event tables, named in a permission error's remedy.
-_PRIVILEGES = "INSERT, SELECT"
 
 
 @dataclass
@@ -109,11 +99,9 @@ class Ingestor:
         self.stop = stop or threading.Event()
         self.stats = IngestStats()
         self.metrics = IngestMetrics(settings)
-        # Reconnects do not look at the schema: a consumer's first start made it current.
-        self._connect_db = connect_db or (
-            lambda: connect(settings, check_schema=False, application_name=APPLICATION_NAME)
+        self.store = BatchStore(
+            settings, stop=self.stop, on_retry=self._on_retry, connect_db=connect_db
         )
-        self._conn: psycopg.Connection | None = None
         self._kinds = {
             settings.kafka_views_topic: Kind.VIEW,
             settings.kafka_orders_topic: Kind.ORDER,
@@ -187,63 +175,15 @@ class Ingestor:
 
     # -- PostgreSQL side ----------------------------------------------------------------------
 
-    def _write_with_retry(self, raw: list[RawEvent], batch: CleanBatch) -> None:
-        """Write the batch, retrying every fault (store/faults.py) until it is written."""
+    def _on_retry(self, exc: Unavailable) -> None:
+        self.stats.retries += 1
+        self.metrics.retried(exc)
+
+    def _store(self, raw: list[RawEvent], batch: CleanBatch) -> None:
         started = time.monotonic()
-        written = self._retry(lambda conn: self._write(raw, batch))
+        written = self.store.store(raw, batch)
         self.stats.add(batch, written)
         self.metrics.batch_written(raw, batch, written, time.monotonic() - started)
-
-    def _retry(self, write: Callable[[psycopg.Connection], WriteResult]) -> WriteResult:
-        """Run `write` on this consumer's connection until no fault stops it (a fresh
-        connection after each); `write` commits what it writes, or nothing."""
-        max_wait = self.settings.ingest_retry_max_seconds
-        for attempt in retrying(log, "nothing committed", max_wait=max_wait, stop=self.stop):
-            with attempt:
-                try:
-                    if self._conn is None or self._conn.closed:
-                        self._conn = self._connect_db()
-                    written = write(self._conn)
-                except Unavailable as exc:
-                    # A fresh connection on the next try: after a failover or a terminated
-                    # backend, only a new session sees the server as it is now.
-                    self.stats.retries += 1
-                    self.metrics.retried(exc)
-                    self._drop_connection()
-                    raise
-        return written
-
-    def _write(self, raw: list[RawEvent], batch: CleanBatch) -> WriteResult:
-        """Write the batch; if the database refuses its content, find the events it refuses."""
-        conn = self._conn
-        assert conn is not None
-        try:
-            with self._errors(writing_events=True):
-                return write_batch(conn, batch)
-        except RejectedByDatabase:
-            pass
-        with self._errors():
-            return store_around_refusals(
-                conn, raw, self._clean, self.settings.ingest_max_rejected_share
-            )
-
-    def _errors(self, writing_events: bool = False):
-        """The error policy's translation for this consumer's connection."""
-        role = self._conn.info.user if self._conn is not None else None
-        return database_errors(role=role, privileges=_PRIVILEGES, writing_events=writing_events)
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None
-
-    def _clean(self, raw: list[RawEvent]) -> CleanBatch:
-        return clean_batch(
-            raw,
-            max_event_bytes=self.settings.ingest_max_event_bytes,
-            rule=self.settings.event_time_rule,
-        )
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -256,7 +196,7 @@ class Ingestor:
             log, "nothing consumed yet", max_wait=settings.ingest_retry_max_seconds, stop=self.stop
         ):
             with attempt:
-                self._connect_and_migrate()
+                self.store.connect_and_migrate()
         consumer = Consumer(
             consumer_config(
                 self.bootstrap, settings.kafka_consumer_group, settings.kafka_session_timeout_ms
@@ -283,9 +223,9 @@ class Ingestor:
                 if raw:
                     self._last_activity = now
                     self.stats.consumed += len(raw)
-                    batch = self._clean(raw)
+                    batch = clean(settings, raw)
                     self._finish_pending()
-                    self._pending = self._writer.submit(self._write_with_retry, raw, batch)
+                    self._pending = self._writer.submit(self._store, raw, batch)
                     self._pending_offsets = self._offsets(raw)
                 elif self._pending is not None and self._pending.done():
                     self._finish_pending()
@@ -302,20 +242,6 @@ class Ingestor:
             self._shutdown(consumer)
         return self.stats
 
-    def _connect_and_migrate(self) -> None:
-        self._drop_connection()
-        self._conn = self._connect_db()
-        try:
-            with database_errors(privileges="CREATE"):
-                applied = schema.migrate_on_start(
-                    self._conn, allowed=self.settings.database_auto_migrate
-                )
-        except BaseException:
-            self._drop_connection()
-            raise
-        if applied:
-            log.info("database schema: %s", schema.describe(applied))
-
     def _shutdown(self, consumer: Consumer) -> None:
         try:
             if self._pending is not None and not self._pending.done():
@@ -324,7 +250,7 @@ class Ingestor:
             consumer.close()
         finally:
             self._writer.shutdown(wait=True)
-            self._drop_connection()
+            self.store.close()
             self._consumer = None
 
     def _log_progress(self, last: tuple[int, float]) -> tuple[int, float]:

@@ -24,6 +24,7 @@ import logging
 import os
 import queue
 import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +33,10 @@ import psycopg
 import pyarrow as pa
 
 from clickstream.config import Settings
-from clickstream.events import CleanBatch, Kind, RawEvent, clean_batch
-from clickstream.ingest import Ingestor, IngestStats
+from clickstream.events import CleanBatch, Kind, RawEvent
+from clickstream.ingest import IngestStats
+from clickstream.metrics import IngestMetrics
+from clickstream.store.batches import BatchStore, clean
 from clickstream.store.writer import WriteResult
 
 __all__ = ["BatchSink", "Chunks", "arrow_batches", "raw_events", "warm_up"]
@@ -68,12 +71,17 @@ class BatchSink:
             settings.kafka_views_topic: Kind.VIEW,
             settings.kafka_orders_topic: Kind.ORDER,
         }
-        # The consumer's write path: cleaning, COPY, retries, isolating a refused row.
-        self._ingestor = Ingestor(settings, bootstrap="", stop=stop)
-        self.stats: IngestStats = self._ingestor.stats
+        self.stats = IngestStats()
+        self.metrics = IngestMetrics(settings)
+        # The consumers' write path: COPY, retries, isolating a refused row.
+        self.store = BatchStore(settings, stop=stop, on_retry=self._on_retry)
         self.last_rows_at: float | None = None
         self.busy = False
         self._crash_after = int(os.environ.get(CRASH_AFTER_BATCH, "0"))
+
+    def _on_retry(self, exc) -> None:
+        self.stats.retries += 1
+        self.metrics.retried(exc)
 
     def __call__(self, frame, batch_id: int) -> None:
         self.busy = True
@@ -89,14 +97,13 @@ class BatchSink:
 
     def _write_on_driver(self, frame) -> None:
         started = time.monotonic()
-        settings, chunks = self.settings, Chunks()
+        chunks = Chunks()
         with ThreadPoolExecutor(1, thread_name_prefix="clickstream-micro-batch") as pool:
-            writing = pool.submit(self._ingestor._retry, chunks.write_all(self._ingestor))
+            writing = pool.submit(self.store.retrying, chunks.write_all(self.store))
             try:
                 for rows in arrow_batches(frame):
                     raw = raw_events(rows, self.kinds)
-                    rule, size = settings.event_time_rule, settings.ingest_max_event_bytes
-                    chunks.put(raw, clean_batch(raw, max_event_bytes=size, rule=rule))
+                    chunks.put(raw, clean(self.settings, raw))
             except BaseException:
                 chunks.abort()  # the writer rolls back whatever it wrote of this batch
                 raise
@@ -108,9 +115,7 @@ class BatchSink:
         self.stats.consumed += len(chunks.raw)
         self.stats.add(chunks.batch, written)
         self.last_rows_at = time.monotonic()  # idle time counts from the end of a batch
-        self._ingestor.metrics.batch_written(
-            chunks.raw, chunks.batch, written, self.last_rows_at - started
-        )
+        self.metrics.batch_written(chunks.raw, chunks.batch, written, self.last_rows_at - started)
         log.debug(
             "micro-batch of %d events: read and cleaned %.2fs, written %.2fs later,"
             " %d writes in its transaction",
@@ -138,7 +143,7 @@ class BatchSink:
         stats.batches += 1
 
 
-_TASK_WRITERS: dict[str, Ingestor] = {}  # per Python worker: one connection, reused
+_TASK_STORES: dict[str, BatchStore] = {}  # per Python worker: one connection, reused
 
 
 def write_share(
@@ -148,14 +153,17 @@ def write_share(
     raw = [event for batch in batches for event in raw_events(batch, kinds)]
     stats = IngestStats()
     if raw:
-        ingestor = _TASK_WRITERS.get(str(settings.database_url))
-        if ingestor is None:
-            ingestor = _TASK_WRITERS[str(settings.database_url)] = Ingestor(settings, "")
-        ingestor.stats = stats
-        batch = clean_batch(
-            raw, max_event_bytes=settings.ingest_max_event_bytes, rule=settings.event_time_rule
-        )
-        ingestor._write_with_retry(raw, batch)
+        store = _TASK_STORES.get(str(settings.database_url))
+        if store is None:
+            store = BatchStore(settings, stop=threading.Event())
+            _TASK_STORES[str(settings.database_url)] = store
+
+        def count_retry(exc) -> None:
+            stats.retries += 1
+
+        store.on_retry = count_retry
+        batch = clean(settings, raw)
+        stats.add(batch, store.store(raw, batch))
         stats.consumed = len(raw)
     return pa.RecordBatch.from_pylist(
         [{name: getattr(stats, name) for name in _COUNT_FIELDS}],
@@ -216,8 +224,8 @@ class Chunks:
     def abort(self) -> None:
         self._queue.put(self._ABORT)
 
-    def write_all(self, ingestor: Ingestor):
-        """The function `Ingestor._retry` runs: every chunk, in one transaction."""
+    def write_all(self, store: BatchStore):
+        """The function `BatchStore.retrying` runs: every chunk, in one transaction."""
 
         def write(conn: psycopg.Connection) -> WriteResult:
             self.writes = 0
@@ -226,9 +234,9 @@ class Chunks:
             first = next(chunks, None)  # an empty micro-batch opens no transaction
             if first is None:
                 return written
-            with ingestor._errors(), conn.transaction():
+            with store.errors(), conn.transaction():
                 for raw, batch in itertools.chain([first], chunks):
-                    part = ingestor._write(raw, batch)
+                    part = store.write(raw, batch)
                     written = WriteResult(*(a + b for a, b in zip(written, part, strict=True)))
                     self.writes += 1
             return written
