@@ -97,19 +97,7 @@ class BatchSink:
 
     def _write_on_driver(self, frame) -> None:
         started = time.monotonic()
-        chunks = Chunks()
-        with ThreadPoolExecutor(1, thread_name_prefix="clickstream-micro-batch") as pool:
-            writing = pool.submit(self.store.retrying, chunks.write_all(self.store))
-            try:
-                for rows in arrow_batches(frame):
-                    raw = raw_events(rows, self.kinds)
-                    chunks.put(raw, clean(self.settings, raw))
-            except BaseException:
-                chunks.abort()  # the writer rolls back whatever it wrote of this batch
-                raise
-            chunks.end()
-            read = time.monotonic()
-            written = writing.result()
+        chunks, written = write_streamed(self.store, self.kinds, arrow_batches(frame))
         if not chunks.raw:
             return
         self.stats.consumed += len(chunks.raw)
@@ -120,8 +108,8 @@ class BatchSink:
             "micro-batch of %d events: read and cleaned %.2fs, written %.2fs later,"
             " %d writes in its transaction",
             len(chunks.raw),
-            read - started,
-            self.last_rows_at - read,
+            chunks.read_at - started,
+            self.last_rows_at - chunks.read_at,
             chunks.writes,
         )
 
@@ -149,19 +137,24 @@ _TASK_STORES: dict[str, BatchStore] = {}  # per Python worker: one connection, r
 def write_share(
     settings: Settings, kinds: Mapping[str, Kind], batches: Iterator[pa.RecordBatch]
 ) -> pa.RecordBatch:
-    """Clean and store one task's rows in one transaction; return its counts."""
+    """Clean and store one task's rows in one transaction; return its counts.
+
+    The rows are gathered first and written at once, unlike the driver's: the counters are
+    hot rows that every task's transaction updates, so a transaction open while its task
+    still reads would hold their locks and make the other tasks wait (measured: slower).
+    """
     raw = [event for batch in batches for event in raw_events(batch, kinds)]
     stats = IngestStats()
+    store = _TASK_STORES.get(str(settings.database_url))
+    if store is None:
+        store = BatchStore(settings, stop=threading.Event())
+        _TASK_STORES[str(settings.database_url)] = store
+
+    def count_retry(exc) -> None:
+        stats.retries += 1
+
+    store.on_retry = count_retry
     if raw:
-        store = _TASK_STORES.get(str(settings.database_url))
-        if store is None:
-            store = BatchStore(settings, stop=threading.Event())
-            _TASK_STORES[str(settings.database_url)] = store
-
-        def count_retry(exc) -> None:
-            stats.retries += 1
-
-        store.on_retry = count_retry
         batch = clean(settings, raw)
         stats.add(batch, store.store(raw, batch))
         stats.consumed = len(raw)
@@ -169,6 +162,26 @@ def write_share(
         [{name: getattr(stats, name) for name in _COUNT_FIELDS}],
         schema=pa.schema([(name, pa.int64()) for name in _COUNT_FIELDS]),
     )
+
+
+def write_streamed(
+    store: BatchStore, kinds: Mapping[str, Kind], batches: Iterator[pa.RecordBatch]
+) -> tuple[Chunks, WriteResult]:
+    """Store Arrow batches of records in one transaction, cleaning each as it comes while a
+    writer thread writes those before it: reading, cleaning and writing overlap."""
+    chunks = Chunks()
+    with ThreadPoolExecutor(1, thread_name_prefix="clickstream-chunks") as pool:
+        writing = pool.submit(store.retrying, chunks.write_all(store))
+        try:
+            for rows in batches:
+                raw = raw_events(rows, kinds)
+                chunks.put(raw, clean(store.settings, raw))
+        except BaseException:
+            chunks.abort()  # the writer rolls back whatever it wrote of them
+            raise
+        chunks.end()
+        chunks.read_at = time.monotonic()
+        return chunks, writing.result()
 
 
 def arrow_batches(frame) -> Iterator[pa.RecordBatch]:
@@ -214,6 +227,7 @@ class Chunks:
         self._received: list[tuple[list[RawEvent], CleanBatch]] = []
         self._ended = False
         self.writes = 0
+        self.read_at = 0.0  # when the last chunk was in
 
     def put(self, raw: list[RawEvent], batch: CleanBatch) -> None:
         self._queue.put((raw, batch))
