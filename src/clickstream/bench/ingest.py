@@ -34,7 +34,7 @@ from clickstream.bench.metrics import METRICS_LEGS, Scraper, batch_seconds, scra
 from clickstream.bench.scratch import scratch_database
 from clickstream.bench.server import free_port
 from clickstream.config import Settings
-from clickstream.events import CleanBatch, Kind, RawEvent, clean_batch
+from clickstream.events import CleanBatch, Kind, RawEvent
 from clickstream.generate import view_lines
 from clickstream.ingest import Ingestor
 from clickstream.kafka.client import admin_config, ensure_topics
@@ -42,6 +42,7 @@ from clickstream.kafka.producer import TimestampClock, produce_lines, stamp
 from clickstream.metrics import serve_consumer_metrics
 from clickstream.process import tune_garbage_collector
 from clickstream.services.embedded import bootstrap_servers
+from clickstream.store.batches import clean
 from clickstream.store.db import connect
 from clickstream.store.writer import copy_views
 
@@ -163,9 +164,7 @@ def _cleaned(settings: Settings, lines: list[bytes]) -> tuple[list[RawEvent], Cl
         )
         for offset, line in enumerate(lines)
     ]
-    batch = clean_batch(
-        raw, max_event_bytes=settings.ingest_max_event_bytes, rule=settings.event_time_rule
-    )
+    batch = clean(settings, raw)
     if batch.rejects:
         raise RuntimeError(f"generated events must be valid: {batch.rejects[0].reason}")
     return raw, batch
