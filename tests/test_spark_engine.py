@@ -106,6 +106,48 @@ def test_each_engine_stores_an_event_produced_twice_once(pipeline, engine, reque
     assert_stored_exactly_once(p, stream)
 
 
+@pytest.mark.parametrize("engine", ["spark", "spark-tasks"])
+def test_each_spark_sink_counts_every_record_in_the_consumer_metrics(pipeline, engine, spark):
+    """With `spark.sink: tasks` the rows are written in worker processes: their counts must
+    still reach the metrics of the process that serves them."""
+    from prometheus_client import REGISTRY
+
+    p = fast(pipeline, ingest_metrics_port=9)  # counts in this process; nothing is served
+    stream = make_stream(views=500, orders=50, seed=33, bad_every=47)
+    p.produce_views(stream.views[:100])  # stored once, then duplicates
+    p.produce_views(stream.views)
+    p.produce_orders(stream.orders)
+    views, orders = p.settings.kafka_views_topic, p.settings.kafka_orders_topic
+
+    consume(p, engine, spark)
+
+    def metric(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    def events(topic: str, outcome: str) -> float:
+        return metric("clickstream_ingest_events_total", topic=topic, outcome=outcome)
+
+    letters = p.query(
+        "SELECT topic, split_part(reason, ':', 1), count(*) FROM dead_letters GROUP BY 1, 2"
+    )
+    assert {
+        (t, code, metric("clickstream_dead_letters_total", topic=t, reason=code))
+        for t, code, _ in letters
+    } == {(t, code, n) for t, code, n in letters}
+    ((stored_views,),) = p.query("SELECT count(*) FROM product_views")
+    ((stored_orders,),) = p.query("SELECT count(DISTINCT messageid) FROM order_lines")
+    dead = {t: sum(n for topic, _, n in letters if topic == t) for t in (views, orders)}
+    assert (events(views, "stored"), events(orders, "stored")) == (stored_views, stored_orders)
+    assert (events(views, "dead_letter"), events(orders, "dead_letter")) == (
+        dead[views],
+        dead[orders],
+    )
+    duplicates = 100 - sum(1 for line in stream.views[:100] if line in stream.bad)
+    assert events(views, "duplicate") == duplicates
+    assert events(orders, "duplicate") == 0
+    assert stored_views == len(stream.view_ids)
+
+
 # Columns a database fills in at ingest: they differ between any two runs.
 # Columns of when and how rows were stored; `revised` says whether a later batch updated a
 # user_product_hours row, which depends on where batch boundaries fell.

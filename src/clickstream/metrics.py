@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -50,6 +50,7 @@ __all__ = [
     "exposed_names",
     "http_metrics",
     "multiprocess_dir",
+    "newest_event_time",
     "render",
     "retry_cause",
     "serve_consumer_metrics",
@@ -161,10 +162,23 @@ class IngestMetrics:
         self, raw: list[RawEvent], batch: CleanBatch, written: WriteResult, seconds: float
     ) -> None:
         """Count a durable batch: each record once, as stored, duplicate or dead letter."""
+        if self._families is None:
+            return
+        newest = newest_event_time(batch) if written.views or written.orders else None
+        self.share_written(Tally(map(_TOPIC, raw)), written, newest, seconds)
+
+    def share_written(
+        self,
+        records: Mapping[str, int],
+        written: WriteResult,
+        newest: float | None,
+        seconds: float,
+    ) -> None:
+        """Count a durable batch from its records per topic and what it stored: how a Spark
+        task's share, written in a worker process, is counted where the metrics are served."""
         families = self._families
         if families is None:
             return
-        records = Tally(map(_TOPIC, raw))
         dead = Tally(topic for topic, _ in written.dead_letter_reasons)
         for (topic, code), count in Tally(written.dead_letter_reasons).items():
             families.dead_letters.labels(topic, code).inc(count)
@@ -177,14 +191,16 @@ class IngestMetrics:
             events.labels(topic, "duplicate").inc(max(count - kept - dead[topic], 0))
         families.batches.inc()
         families.batch_seconds.observe(seconds)
-        newest = _newest_event_time(batch) if written.views or written.orders else None
         state = families.state
         if newest is not None and (state.newest_event is None or newest > state.newest_event):
             state.newest_event = newest
 
     def retried(self, exc: BaseException) -> None:
+        self.retried_for(retry_cause(exc))
+
+    def retried_for(self, cause: str) -> None:
         if self._families is not None:
-            self._families.retries.labels(retry_cause(exc)).inc()
+            self._families.retries.labels(cause).inc()
 
     def committed(self) -> None:
         if self._families is not None:
@@ -208,7 +224,7 @@ def retry_cause(exc: BaseException) -> str:
     return f"sqlstate-{sqlstate}" if sqlstate else type(exc).__name__
 
 
-def _newest_event_time(batch: CleanBatch) -> float | None:
+def newest_event_time(batch: CleanBatch) -> float | None:
     # Every stored time has the one format of `format_timestamp`: text order is time order.
     newest = max(
         max(map(_VIEW_TIME, batch.views), default=""),

@@ -20,12 +20,14 @@ Two ways to write, one per deployment:
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import queue
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,7 +37,7 @@ import pyarrow as pa
 from clickstream.config import Settings
 from clickstream.events import CleanBatch, Kind, RawEvent
 from clickstream.ingest import IngestStats
-from clickstream.metrics import IngestMetrics
+from clickstream.metrics import IngestMetrics, newest_event_time, retry_cause
 from clickstream.store.batches import BatchStore, clean
 from clickstream.store.writer import WriteResult
 
@@ -47,6 +49,11 @@ COLUMNS = ("topic", "partition", "offset", "value", "timestamp_ms")
 _COUNTS = "consumed long, orders long, views long, order_lines long, dead_letters long,"
 _COUNTS += " duplicates long, retries long"
 _COUNT_FIELDS = [name.split()[0] for name in _COUNTS.split(",")]
+# A task's share: its counts, and what the driver's metrics count of it (JSON, see write_share).
+_SHARE = _COUNTS + ", metrics string"
+_SHARE_SCHEMA = pa.schema(
+    [(name, pa.int64()) for name in _COUNT_FIELDS] + [("metrics", pa.string())]
+)
 # Test hook: SIGKILL the whole job right after this micro-batch's rows committed in
 # PostgreSQL and before Spark recorded the batch as done (see tests/test_spark_engine.py).
 CRASH_AFTER_BATCH = "_CLICKSTREAM_SPARK_CRASH_AFTER_BATCH"
@@ -119,7 +126,9 @@ class BatchSink:
         def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             yield write_share(settings, kinds, batches)
 
-        shares = frame.mapInArrow(write, _COUNTS).collect()
+        shares = frame.mapInArrow(write, _SHARE).collect()
+        for share in shares:
+            self._count_share(json.loads(share.metrics))
         consumed = sum(share.consumed for share in shares)
         if not consumed:
             return
@@ -129,6 +138,17 @@ class BatchSink:
             for name in _COUNT_FIELDS:
                 setattr(stats, name, getattr(stats, name) + getattr(share, name))
         stats.batches += 1
+
+    def _count_share(self, report: dict) -> None:
+        """Count what a task stored in this process's metrics, as if the driver wrote it."""
+        for cause in report["retries"]:
+            self.metrics.retried_for(cause)
+        if "written" in report:
+            *counts, reasons = report["written"]
+            written = WriteResult(*counts, tuple(map(tuple, reasons)))
+            self.metrics.share_written(
+                report["records"], written, report["newest"], report["seconds"]
+            )
 
 
 _TASK_STORES: dict[str, BatchStore] = {}  # per Python worker: one connection, reused
@@ -149,19 +169,27 @@ def write_share(
     if store is None:
         store = BatchStore(settings, stop=threading.Event())
         _TASK_STORES[str(settings.database_url)] = store
+    report: dict = {"retries": []}
 
     def count_retry(exc) -> None:
         stats.retries += 1
+        report["retries"].append(retry_cause(exc))
 
     store.on_retry = count_retry
     if raw:
         batch = clean(settings, raw)
-        stats.add(batch, store.store(raw, batch))
+        started = time.monotonic()
+        written = store.store(raw, batch)
+        stats.add(batch, written)
         stats.consumed = len(raw)
-    return pa.RecordBatch.from_pylist(
-        [{name: getattr(stats, name) for name in _COUNT_FIELDS}],
-        schema=pa.schema([(name, pa.int64()) for name in _COUNT_FIELDS]),
-    )
+        report |= {
+            "records": Counter(event.topic for event in raw),
+            "written": list(written),
+            "newest": newest_event_time(batch) if written.views or written.orders else None,
+            "seconds": time.monotonic() - started,
+        }
+    share = {name: getattr(stats, name) for name in _COUNT_FIELDS}
+    return pa.RecordBatch.from_pylist([share | {"metrics": json.dumps(report)}], _SHARE_SCHEMA)
 
 
 def write_streamed(
