@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient
 from tqdm import tqdm
 
 from clickstream.bench.metrics import METRICS_LEGS, Scraper, batch_seconds, scrape_seconds
-from clickstream.bench.scratch import scratch_database
+from clickstream.bench.scratch import scratch_leg
 from clickstream.bench.server import free_port
 from clickstream.config import Settings
 from clickstream.events import CleanBatch, Kind, RawEvent
@@ -76,13 +76,7 @@ def run_ingest_benchmark(
 ) -> IngestFigures:
     bootstrap = bootstrap_servers(settings)
     run = uuid.uuid4().hex[:8]
-    bench = dataclasses.replace(
-        settings,
-        database_url=scratch_database(settings, SCRATCH_DATABASE),
-        kafka_views_topic=f"bench-views-{run}",
-        kafka_orders_topic=f"bench-orders-{run}",
-        kafka_consumer_group=f"bench-ingest-{run}",
-    )
+    bench = scratch_leg(settings, SCRATCH_DATABASE, f"ingest-{run}")
     print(
         f"scratch database {SCRATCH_DATABASE}, topics {bench.kafka_views_topic} (+orders),"
         f" {consumers} consumer(s), metrics {metrics}"
@@ -100,15 +94,8 @@ def run_ingest_benchmark(
     legs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     for number, on in enumerate(METRICS_LEGS[metrics]):
         leg = bench
-        if number:  # a fresh database and fresh topics, so that no leg inherits rows
-            tag = f"{run}-{number}"
-            leg = dataclasses.replace(
-                bench,
-                database_url=scratch_database(settings, SCRATCH_DATABASE),
-                kafka_views_topic=f"bench-views-{tag}",
-                kafka_orders_topic=f"bench-orders-{tag}",
-                kafka_consumer_group=f"bench-ingest-{tag}",
-            )
+        if number:
+            leg = scratch_leg(settings, SCRATCH_DATABASE, f"ingest-{run}-{number}")
         try:
             pipeline_seconds, produce_seconds = _full_path(
                 leg, bootstrap, lines, consumers, metrics=on

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import psycopg
 from psycopg.conninfo import make_conninfo
 
@@ -9,7 +11,7 @@ from clickstream.config import Settings
 from clickstream.services.embedded import database_url
 from clickstream.store.schema import migrate
 
-__all__ = ["scratch_database"]
+__all__ = ["scratch_database", "scratch_leg"]
 
 
 def scratch_database(settings: Settings, name: str) -> str:
@@ -27,3 +29,15 @@ def scratch_database(settings: Settings, name: str) -> str:
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn)
     return url
+
+
+def scratch_leg(settings: Settings, database: str, tag: str) -> Settings:
+    """Settings for one leg of a benchmark: a fresh scratch database, and topics and a
+    consumer group of its own named by `tag`, so that no leg inherits rows or offsets."""
+    return dataclasses.replace(
+        settings,
+        database_url=scratch_database(settings, database),
+        kafka_views_topic=f"bench-{tag}-views",
+        kafka_orders_topic=f"bench-{tag}-orders",
+        kafka_consumer_group=f"bench-{tag}",
+    )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from clickstream.bench.ingest import _delete_topics, _full_path, _produce
-from clickstream.bench.scratch import scratch_database
+from clickstream.bench.scratch import scratch_leg
 from clickstream.config import Settings
 from clickstream.generate import view_lines
 from clickstream.services.embedded import bootstrap_servers
@@ -52,17 +52,6 @@ class SparkIngestFigures:
         return self.spark_rate / self.python_rate
 
 
-def _scratch(settings: Settings, database: str, name: str, run: str) -> Settings:
-    return dataclasses.replace(
-        settings,
-        database_url=scratch_database(settings, database),
-        kafka_views_topic=f"bench-{name}-views-{run}",
-        kafka_orders_topic=f"bench-{name}-orders-{run}",
-        kafka_consumer_group=f"bench-{name}-{run}",
-        spark_checkpoint_dir=str(settings.data_dir / "bench-spark-checkpoints"),
-    )
-
-
 def run_spark_ingest_benchmark(
     settings: Settings, *, events: int, seed: int, consumers: int, master: str | None
 ) -> SparkIngestFigures:
@@ -75,7 +64,7 @@ def run_spark_ingest_benchmark(
     lines = view_lines(events, seed=seed)
     print(f"generated {len(lines):,} views in {time.monotonic() - started:.1f}s")
 
-    python = _scratch(settings, SCRATCH_PYTHON, "python", run)
+    python = scratch_leg(settings, SCRATCH_PYTHON, f"python-{run}")
     try:
         python_seconds, _ = _full_path(python, bootstrap, lines, consumers, metrics=False)
     finally:
@@ -85,7 +74,10 @@ def run_spark_ingest_benchmark(
         f" = {events / python_seconds:,.0f} events/s ({consumers} consumer processes)"
     )
 
-    spark = _scratch(settings, SCRATCH_SPARK, "spark", run)
+    spark = dataclasses.replace(
+        scratch_leg(settings, SCRATCH_SPARK, f"spark-{run}"),
+        spark_checkpoint_dir=str(settings.data_dir / "bench-spark-checkpoints"),
+    )
     try:
         timings = _spark_leg(spark, bootstrap, lines, master)
     finally:
