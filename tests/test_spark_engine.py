@@ -19,6 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import Pipeline, fresh_database
+from test_event_time import _send as send_unstamped
+from test_event_time import _view as view
 from test_ingest import (
     assert_stored_exactly_once,
     fast,
@@ -107,9 +109,11 @@ def test_each_engine_stores_an_event_produced_twice_once(pipeline, engine, reque
 
 
 @pytest.mark.parametrize("engine", ["spark", "spark-tasks"])
-def test_each_spark_sink_counts_every_record_in_the_consumer_metrics(pipeline, engine, spark):
+def test_each_spark_sink_counts_every_record_in_the_consumer_stats_and_metrics(
+    pipeline, engine, spark
+):
     """With `spark.sink: tasks` the rows are written in worker processes: their counts must
-    still reach the metrics of the process that serves them."""
+    still reach the summary and the metrics of the process that serves them."""
     from prometheus_client import REGISTRY
 
     p = fast(pipeline, ingest_metrics_port=9)  # counts in this process; nothing is served
@@ -118,8 +122,13 @@ def test_each_spark_sink_counts_every_record_in_the_consumer_metrics(pipeline, e
     p.produce_views(stream.views)
     p.produce_orders(stream.orders)
     views, orders = p.settings.kafka_views_topic, p.settings.kafka_orders_topic
+    # Sent as it is (produce_views would stamp it now): its time is replaced, and counted.
+    future = view("m-2099", "user-1", "product-a", "2099-06-01T12:00:00.000Z")
+    send_unstamped(p.bootstrap, views, future)
 
-    consume(p, engine, spark)
+    stats = consume(p, engine, spark)
+
+    assert stats.replaced_times_text() == "1 event times replaced (ahead 1)"
 
     def metric(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -145,7 +154,7 @@ def test_each_spark_sink_counts_every_record_in_the_consumer_metrics(pipeline, e
     duplicates = 100 - sum(1 for line in stream.views[:100] if line in stream.bad)
     assert events(views, "duplicate") == duplicates
     assert events(orders, "duplicate") == 0
-    assert stored_views == len(stream.view_ids)
+    assert stored_views == len(stream.view_ids) + 1
 
 
 # Columns a database fills in at ingest: they differ between any two runs.

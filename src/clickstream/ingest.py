@@ -45,6 +45,10 @@ log = logging.getLogger("clickstream.consume")
 SPARE_MEMBER_SECONDS = 30.0
 
 
+# IngestStats' plain counters, which add up across consumers.
+COUNTS = ("consumed", "views", "order_lines", "orders", "dead_letters", "duplicates", "retries")
+
+
 @dataclass
 class IngestStats:
     """What this consumer did since it started.
@@ -72,6 +76,13 @@ class IngestStats:
         self.duplicates += written.duplicates
         self.batches += 1
         self.replaced_times.update(batch.replaced_times)
+
+    def merge(self, other: IngestStats) -> None:
+        """Add the counts of a share of this consumer's work (a Spark task's); its batches
+        stay this consumer's own count."""
+        for name in COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.replaced_times.update(other.replaced_times)
 
     def replaced_times_text(self) -> str:
         """`3 event times replaced (ahead 2, missing 1)`, for the log and the summary."""

@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from clickstream.config import Settings
 from clickstream.events import CleanBatch, Kind, RawEvent
-from clickstream.ingest import IngestStats
+from clickstream.ingest import COUNTS, IngestStats
 from clickstream.metrics import IngestMetrics, newest_event_time, retry_cause
 from clickstream.store.batches import BatchStore, clean
 from clickstream.store.writer import WriteResult
@@ -46,14 +46,9 @@ __all__ = ["BatchSink", "Chunks", "arrow_batches", "raw_events", "warm_up"]
 log = logging.getLogger("clickstream.spark")
 
 COLUMNS = ("topic", "partition", "offset", "value", "timestamp_ms")
-_COUNTS = "consumed long, orders long, views long, order_lines long, dead_letters long,"
-_COUNTS += " duplicates long, retries long"
-_COUNT_FIELDS = [name.split()[0] for name in _COUNTS.split(",")]
-# A task's share: its counts, and what the driver's metrics count of it (JSON, see write_share).
-_SHARE = _COUNTS + ", metrics string"
-_SHARE_SCHEMA = pa.schema(
-    [(name, pa.int64()) for name in _COUNT_FIELDS] + [("metrics", pa.string())]
-)
+# What a task reports of its share: its counts and what metrics count (JSON, see write_share).
+_SHARE = "share string"
+_SHARE_SCHEMA = pa.schema([("share", pa.string())])
 # Test hook: SIGKILL the whole job right after this micro-batch's rows committed in
 # PostgreSQL and before Spark recorded the batch as done (see tests/test_spark_engine.py).
 CRASH_AFTER_BATCH = "_CLICKSTREAM_SPARK_CRASH_AFTER_BATCH"
@@ -126,21 +121,19 @@ class BatchSink:
         def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             yield write_share(settings, kinds, batches)
 
-        shares = frame.mapInArrow(write, _SHARE).collect()
-        for share in shares:
-            self._count_share(json.loads(share.metrics))
-        consumed = sum(share.consumed for share in shares)
-        if not consumed:
-            return
-        self.last_rows_at = time.monotonic()  # idle time counts from the end of a batch
-        stats = self.stats
-        for share in shares:
-            for name in _COUNT_FIELDS:
-                setattr(stats, name, getattr(stats, name) + getattr(share, name))
-        stats.batches += 1
+        consumed = 0
+        for (text,) in frame.mapInArrow(write, _SHARE).collect():
+            report = json.loads(text)
+            self._count_share(report)
+            consumed += report["stats"]["consumed"]
+        if consumed:
+            self.last_rows_at = time.monotonic()  # idle time counts from the end of a batch
+            self.stats.batches += 1
 
     def _count_share(self, report: dict) -> None:
-        """Count what a task stored in this process's metrics, as if the driver wrote it."""
+        """Count what a task did in this process's stats and metrics, as if the driver had."""
+        replaced = Counter({(topic, cause): n for topic, cause, n in report["replaced_times"]})
+        self.stats.merge(IngestStats(**report["stats"], replaced_times=replaced))
         for cause in report["retries"]:
             self.metrics.retried_for(cause)
         if "written" in report:
@@ -188,8 +181,9 @@ def write_share(
             "newest": newest_event_time(batch) if written.views or written.orders else None,
             "seconds": time.monotonic() - started,
         }
-    share = {name: getattr(stats, name) for name in _COUNT_FIELDS}
-    return pa.RecordBatch.from_pylist([share | {"metrics": json.dumps(report)}], _SHARE_SCHEMA)
+    report["stats"] = {name: getattr(stats, name) for name in COUNTS}
+    report["replaced_times"] = [[*key, n] for key, n in stats.replaced_times.items()]
+    return pa.RecordBatch.from_pylist([{"share": json.dumps(report)}], _SHARE_SCHEMA)
 
 
 def write_streamed(
