@@ -23,6 +23,7 @@ import multiprocessing
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,14 @@ from clickstream.store.batches import clean
 from clickstream.store.db import connect
 from clickstream.store.writer import copy_views
 
-__all__ = ["IngestFigures", "run_ingest_benchmark"]
+__all__ = [
+    "IngestFigures",
+    "delete_topics",
+    "produce_on_signal",
+    "run_ingest_benchmark",
+    "time_full_path",
+    "wait_stored",
+]
 
 SCRATCH_DATABASE = "clickstream_bench"
 
@@ -97,11 +105,11 @@ def run_ingest_benchmark(
         if number:
             leg = scratch_leg(settings, SCRATCH_DATABASE, f"ingest-{run}-{number}")
         try:
-            pipeline_seconds, produce_seconds = _full_path(
+            pipeline_seconds, produce_seconds = time_full_path(
                 leg, bootstrap, lines, consumers, metrics=on
             )
         finally:
-            _delete_topics(bootstrap, [leg.kafka_views_topic, leg.kafka_orders_topic])
+            delete_topics(bootstrap, [leg.kafka_views_topic, leg.kafka_orders_topic])
         legs[on].append((pipeline_seconds, produce_seconds))
         print(
             f"(b) produce -> consume -> PostgreSQL, metrics {'on' if on else 'off'}:"
@@ -171,7 +179,7 @@ def _raw_copy(settings: Settings, lines: list[bytes]) -> float:
     return took
 
 
-def _full_path(
+def time_full_path(
     settings: Settings, bootstrap: str, lines: list[bytes], consumers: int, *, metrics: bool
 ) -> tuple[float, float]:
     """Time (b); return (seconds until every row is stored, seconds the producer took)."""
@@ -197,7 +205,7 @@ def _timed_pipeline(
     ctx = multiprocessing.get_context("spawn")
     go, done, stop = ctx.Event(), ctx.Queue(), ctx.Event()
     producer = ctx.Process(
-        target=_produce, args=(bootstrap, settings.kafka_views_topic, path, go, done)
+        target=produce_on_signal, args=(bootstrap, settings.kafka_views_topic, path, go, done)
     )
     members = [_Member(ctx) for _ in range(consumers)]
     ports = [free_port() if metrics else 0 for _ in members]
@@ -225,14 +233,16 @@ def _timed_pipeline(
             time.sleep(0.05)
         started = time.monotonic()
         go.set()
-        scraper = Scraper([f"http://127.0.0.1:{p}/metrics" for p in ports if p])
-        with scraper, tqdm(total=total, unit="ev", unit_scale=True, desc="stored") as bar:
-            while (stored := sum(m.stored.value for m in members)) < total:
-                if not all(p.is_alive() for p in processes[1:]):
-                    raise RuntimeError("a consumer stopped before storing every event")
-                time.sleep(0.02)
-                bar.update(stored - bar.n)
-            bar.update(stored - bar.n)
+        with Scraper([f"http://127.0.0.1:{p}/metrics" for p in ports if p]):
+            wait_stored(
+                total,
+                lambda: sum(m.stored.value for m in members),
+                lambda: (
+                    None
+                    if all(p.is_alive() for p in processes[1:])
+                    else "a consumer stopped before storing every event"
+                ),
+            )
         took = time.monotonic() - started
         produce_seconds, delivered = done.get(timeout=120)
     finally:
@@ -243,6 +253,24 @@ def _timed_pipeline(
     if delivered != total:
         raise RuntimeError(f"the producer delivered {delivered:,} of {total:,} events")
     return took, produce_seconds
+
+
+def wait_stored(
+    total: int, stored: Callable[[], int], failure: Callable[[], str | None]
+) -> float | None:
+    """Show a progress bar until `stored()` reaches `total`; stop with `failure()` once it
+    names one. Returns when the first rows were seen (time.monotonic), if before the end."""
+    first = None
+    with tqdm(total=total, unit="ev", unit_scale=True, desc="stored") as bar:
+        while (count := stored()) < total:
+            if (failed := failure()) is not None:
+                raise RuntimeError(failed)
+            if count and first is None:
+                first = time.monotonic()
+            time.sleep(0.02)
+            bar.update(count - bar.n)
+        bar.update(count - bar.n)
+    return first
 
 
 class _Member:
@@ -269,7 +297,7 @@ def _consume(settings: Settings, bootstrap: str, assigned, stored, stop) -> None
     stored.value = ingestor.stats.views
 
 
-def _produce(bootstrap: str, topic: str, path: Path, go, done) -> None:
+def produce_on_signal(bootstrap: str, topic: str, path: Path, go, done) -> None:
     tune_garbage_collector()
     with open(path, "rb") as handle:
         lines = handle.readlines()
@@ -279,7 +307,7 @@ def _produce(bootstrap: str, topic: str, path: Path, go, done) -> None:
     done.put((time.monotonic() - started, result.delivered))
 
 
-def _delete_topics(bootstrap: str, topics: list[str]) -> None:
+def delete_topics(bootstrap: str, topics: list[str]) -> None:
     """Tansu keeps topics in memory: give the benchmark's back."""
     admin = AdminClient(admin_config(bootstrap))
     for future in admin.delete_topics(topics, operation_timeout=15).values():

@@ -17,9 +17,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from tqdm import tqdm
-
-from clickstream.bench.ingest import _delete_topics, _full_path, _produce
+from clickstream.bench.ingest import (
+    delete_topics,
+    produce_on_signal,
+    time_full_path,
+    wait_stored,
+)
 from clickstream.bench.scratch import scratch_leg
 from clickstream.config import Settings
 from clickstream.generate import view_lines
@@ -66,9 +69,9 @@ def run_spark_ingest_benchmark(
 
     python = scratch_leg(settings, SCRATCH_PYTHON, f"python-{run}")
     try:
-        python_seconds, _ = _full_path(python, bootstrap, lines, consumers, metrics=False)
+        python_seconds, _ = time_full_path(python, bootstrap, lines, consumers, metrics=False)
     finally:
-        _delete_topics(bootstrap, list(python.topics))
+        delete_topics(bootstrap, list(python.topics))
     print(
         f"python: {events:,} events in {python_seconds:.2f}s"
         f" = {events / python_seconds:,.0f} events/s ({consumers} consumer processes)"
@@ -81,7 +84,7 @@ def run_spark_ingest_benchmark(
     try:
         timings = _spark_leg(spark, bootstrap, lines, master)
     finally:
-        _delete_topics(bootstrap, list(spark.topics))
+        delete_topics(bootstrap, list(spark.topics))
     startup, first_rows, spark_seconds, used = timings
     print(
         f"spark on {used}: started in {startup:.1f}s, first rows stored {first_rows:.1f}s after"
@@ -108,7 +111,7 @@ def _spark_leg(
     ctx = multiprocessing.get_context("spawn")
     go, done = ctx.Event(), ctx.Queue()
     producer = ctx.Process(
-        target=_produce, args=(bootstrap, settings.kafka_views_topic, path, go, done)
+        target=produce_on_signal, args=(bootstrap, settings.kafka_views_topic, path, go, done)
     )
     producer.start()
     stop = threading.Event()
@@ -133,20 +136,18 @@ def _spark_leg(
         startup = ingestor.ready_at - t0
         sent = time.monotonic()
         go.set()
-        first_rows = None
         total = len(lines)
-        with tqdm(total=total, unit="ev", unit_scale=True, desc="stored") as bar:
-            while (stored := ingestor.stats.views) < total:
-                if not thread.is_alive():
-                    raise RuntimeError(f"the Spark engine stopped before storing all: {errors}")
-                if stored and first_rows is None:
-                    first_rows = time.monotonic() - t0
-                time.sleep(0.02)
-                bar.update(stored - bar.n)
-            bar.update(stored - bar.n)
+        first = wait_stored(
+            total,
+            lambda: ingestor.stats.views,
+            lambda: (
+                None
+                if thread.is_alive()
+                else f"the Spark engine stopped before storing all: {errors}"
+            ),
+        )
         took = time.monotonic() - sent
-        if first_rows is None:
-            first_rows = time.monotonic() - t0
+        first_rows = (first or time.monotonic()) - t0
         _, delivered = done.get(timeout=120)
         if delivered != total:
             raise RuntimeError(f"the producer delivered {delivered:,} of {total:,} events")
