@@ -28,9 +28,10 @@ import psycopg
 
 from clickstream.config import Settings
 from clickstream.errors import RejectedByDatabase
-from clickstream.event_time import EventTimeRule
-from clickstream.events import CleanBatch, Kind, RawEvent, Reason, clean_batch
+from clickstream.event_time import to_epoch_ms
+from clickstream.events import CleanBatch, Kind, RawEvent, Reason
 from clickstream.store import dead_letters as store
+from clickstream.store.batches import clean
 from clickstream.store.faults import database_errors
 from clickstream.store.writer import write_batch
 
@@ -52,23 +53,20 @@ class ReplaySummary:
         return self.stored + self.duplicate + rejected + self.unknown_topic
 
 
-def _ms(moment) -> int:
-    return int(moment.timestamp() * 1000)
-
-
 def _clean_one(
-    letter: store.Stored, kind: Kind, max_event_bytes: int, rule: EventTimeRule
+    settings: Settings, letter: store.Stored, kind: Kind
 ) -> tuple[CleanBatch, str | None]:
+    stamp = letter.kafka_timestamp
     raw = RawEvent(
         kind,
         letter.topic,
         letter.partition,
         letter.offset,
         letter.payload,
-        _ms(letter.kafka_timestamp) if letter.kafka_timestamp else None,
+        to_epoch_ms(stamp) if stamp else None,
     )
     # The event-time rule as the consumer applied it when the record arrived.
-    cleaned = clean_batch([raw], max_event_bytes=max_event_bytes, now=letter.received_at, rule=rule)
+    cleaned = clean(settings, [raw], now=letter.received_at)
     return cleaned, (cleaned.rejects[0].reason if cleaned.rejects else None)
 
 
@@ -126,7 +124,7 @@ def _write(conn: psycopg.Connection, batch: CleanBatch, owners: dict[str, int]) 
 def _replay_chunk(
     conn: psycopg.Connection, letters: list[store.Stored], settings: Settings
 ) -> dict[int, str]:
-    kinds = {settings.kafka_views_topic: Kind.VIEW, settings.kafka_orders_topic: Kind.ORDER}
+    kinds = settings.kinds
     outcomes: dict[int, str] = {}
     batch = CleanBatch()
     owners: dict[str, int] = {}  # messageid -> the dead letter that stores it
@@ -135,9 +133,7 @@ def _replay_chunk(
         kind = kinds.get(letter.topic)
         if kind is None:
             continue  # a topic this configuration does not consume: left as it was
-        cleaned, rejected = _clean_one(
-            letter, kind, settings.ingest_max_event_bytes, settings.event_time_rule
-        )
+        cleaned, rejected = _clean_one(settings, letter, kind)
         if rejected is not None:
             outcomes[letter.id] = f"still-rejected: {rejected}"
             messageid = _messageid(letter.payload)

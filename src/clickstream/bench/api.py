@@ -32,6 +32,7 @@ from clickstream.bench.scratch import scratch_database
 from clickstream.bench.server import free_port, start_server
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
+from clickstream.store.derived import hour_bin
 from clickstream.store.partitions import ensure_days, partition_name
 from clickstream.store.recent import FIRST_WINDOW, RECENT_ENTRIES
 
@@ -57,9 +58,9 @@ SELECT 'bench-' || i,
 FROM generate_series(%(start)s, %(stop)s - 1) AS i
 """
 
-_DERIVE = """
+_DERIVE = f"""
 INSERT INTO user_product_hours (userid, productid, hour, viewed_at)
-SELECT userid, productid, date_bin('1 hour', viewed_at, '2000-01-01 00:00+00'), max(viewed_at)
+SELECT userid, productid, {hour_bin("viewed_at")}, max(viewed_at)
 FROM product_views GROUP BY 1, 2, 3
 """
 

@@ -28,6 +28,7 @@ from clickstream.config import Settings
 from clickstream.event_time import format_timestamp
 from clickstream.events import CleanBatch, ViewRow
 from clickstream.store.db import connect
+from clickstream.store.derived import hour_bin
 from clickstream.store.partitions import ensure_days, partition_name
 from clickstream.store.retention import cutoffs, prune
 from clickstream.store.writer import write_batch
@@ -88,7 +89,7 @@ def _generate(url: str, views: int, today: datetime) -> None:
             conn.execute(
                 f"INSERT INTO {partition_name('user_product_hours', day)}"
                 " (userid, productid, hour, viewed_at)"
-                " SELECT userid, productid, date_bin('1 hour', viewed_at, '2000-01-01 00:00+00'),"
+                f" SELECT userid, productid, {hour_bin('viewed_at')},"
                 f" max(viewed_at) FROM {part} GROUP BY 1, 2, 3"
             )
         conn.execute("VACUUM ANALYZE")

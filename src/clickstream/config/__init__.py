@@ -20,6 +20,7 @@ from clickstream.config.declared import SETTINGS, Setting
 from clickstream.config.values import CONFIG_ENV, ENV_PREFIX, default_data_dir
 from clickstream.errors import ConfigError
 from clickstream.event_time import EventTimeRule
+from clickstream.events import Kind
 
 __all__ = ["SETTINGS", "Setting", "Settings", "load_settings"]
 
@@ -71,6 +72,11 @@ class Settings:
     @property
     def topics(self) -> tuple[str, str]:
         return (self.kafka_views_topic, self.kafka_orders_topic)
+
+    @property
+    def kinds(self) -> dict[str, Kind]:
+        """Each topic's kind of event: what the cleaning rules expect of its records."""
+        return {self.kafka_views_topic: Kind.VIEW, self.kafka_orders_topic: Kind.ORDER}
 
     @property
     def event_time_rule(self) -> EventTimeRule:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime
 
 import psycopg
 
@@ -37,10 +38,14 @@ APPLICATION_NAME = "clickstream consume"
 _PRIVILEGES = "INSERT, SELECT"
 
 
-def clean(settings: Settings, raw: list[RawEvent]) -> CleanBatch:
-    """The cleaning rules with these settings' limits, as every consumer applies them."""
+def clean(settings: Settings, raw: list[RawEvent], now: datetime | None = None) -> CleanBatch:
+    """The cleaning rules with these settings' limits, as every consumer applies them (`now`:
+    when the records arrived, if not now)."""
     return clean_batch(
-        raw, max_event_bytes=settings.ingest_max_event_bytes, rule=settings.event_time_rule
+        raw,
+        max_event_bytes=settings.ingest_max_event_bytes,
+        now=now,
+        rule=settings.event_time_rule,
     )
 
 

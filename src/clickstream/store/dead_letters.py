@@ -15,7 +15,6 @@ import psycopg
 from psycopg import sql
 
 __all__ = [
-    "RESOLVED",
     "Entry",
     "Selection",
     "Stored",
@@ -28,7 +27,6 @@ __all__ = [
     "topics",
 ]
 
-RESOLVED = ("stored", "duplicate")
 PREVIEW_BYTES = 64
 _CODE = sql.SQL("split_part(reason, ':', 1)")
 _PENDING = sql.SQL("(replay_outcome IS NULL OR replay_outcome NOT IN ('stored', 'duplicate'))")

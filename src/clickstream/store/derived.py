@@ -11,9 +11,16 @@ with no extra bookkeeping.
 
 from __future__ import annotations
 
-__all__ = ["ORDER_LINE_DERIVATIONS", "VIEW_DERIVATIONS", "Derivation"]
+__all__ = ["ORDER_LINE_DERIVATIONS", "VIEW_DERIVATIONS", "Derivation", "hour_bin"]
 
 Derivation = tuple[str, str]  # (name, statement)
+
+
+def hour_bin(column: str) -> str:
+    """SQL for the UTC hour a time falls in, whatever the session's time zone: the one hour
+    binning of the derived tables, their recomputation, erasure and the reports."""
+    return f"date_bin('1 hour', {column}, '2000-01-01 00:00+00')"
+
 
 # Who viewed what in which UTC hour, with the latest view of that hour (migration
 # 0004_user_product_hours): what the recently-viewed API reads, and what makes the hourly
@@ -22,9 +29,9 @@ Derivation = tuple[str, str]  # (name, statement)
 # it inserted (an update sets `revised`, which a new row has false; a partitioned table has no
 # xmax to RETURN), and those are the batch's new distinct viewers; a triple another consumer
 # inserted first is updated or skipped here, so it is counted once.
-USER_PRODUCT_HOURS = """
+USER_PRODUCT_HOURS = f"""
     INSERT INTO user_product_hours AS r (userid, productid, hour, viewed_at)
-    SELECT userid, productid, date_bin('1 hour', viewed_at, '2000-01-01 00:00+00'),
+    SELECT userid, productid, {hour_bin("viewed_at")},
            max(viewed_at)
     FROM new_product_views GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (userid, productid, hour) DO UPDATE SET viewed_at = excluded.viewed_at,
@@ -36,10 +43,10 @@ USER_PRODUCT_HOURS = """
 # The hourly reports' counters (see migration 0002_report_aggregates), pre-grouped per batch:
 # per product and UTC hour, the events and the new distinct users in one upsert. Ordered so
 # that concurrent consumers lock rows in one order.
-REPORT_VIEW_COUNTS = """
+REPORT_VIEW_COUNTS = f"""
     INSERT INTO report_view_hours AS r (hour, productid, views, viewers)
     SELECT hour, productid, sum(views), sum(viewers) FROM (
-        SELECT date_bin('1 hour', viewed_at, '2000-01-01 00:00+00') AS hour, productid,
+        SELECT {hour_bin("viewed_at")} AS hour, productid,
                count(*) AS views, 0 AS viewers
         FROM new_product_views GROUP BY 1, 2
         UNION ALL
@@ -52,17 +59,17 @@ REPORT_VIEW_COUNTS = """
 """
 # Buyers are a tenth of viewers and nothing else needs them per user: each (hour, product,
 # user) once, and the rows really inserted are the new distinct buyers.
-REPORT_BUYERS = """
+REPORT_BUYERS = f"""
     INSERT INTO report_buyers (hour, productid, userid)
-    SELECT DISTINCT date_bin('1 hour', ordered_at, '2000-01-01 00:00+00'), productid, userid
+    SELECT DISTINCT {hour_bin("ordered_at")}, productid, userid
     FROM new_order_lines ORDER BY 1, 2, 3
     ON CONFLICT DO NOTHING
     RETURNING hour, productid
 """
-REPORT_ORDER_COUNTS = """
+REPORT_ORDER_COUNTS = f"""
     INSERT INTO report_order_hours AS r (hour, productid, order_lines, buyers)
     SELECT hour, productid, sum(order_lines), sum(buyers) FROM (
-        SELECT date_bin('1 hour', ordered_at, '2000-01-01 00:00+00') AS hour, productid,
+        SELECT {hour_bin("ordered_at")} AS hour, productid,
                count(*) AS order_lines, 0 AS buyers
         FROM new_order_lines GROUP BY 1, 2
         UNION ALL

@@ -22,20 +22,19 @@ import orjson
 import psycopg
 
 from clickstream.privacy import names_user, needles
+from clickstream.store.derived import hour_bin
 
 __all__ = ["CHANNEL", "Erasure", "erase_user"]
 
 CHANNEL = "clickstream_erasures"  # NOTIFY payload: the erasure's id
 
-_HOUR = "date_bin('1 hour', {}, '2000-01-01 00:00+00')"
-
 _ERASE = f"""
 WITH views AS (
     DELETE FROM product_views WHERE userid = %(u)s
-    RETURNING {_HOUR.format("viewed_at")} AS hour, productid
+    RETURNING {hour_bin("viewed_at")} AS hour, productid
 ), lines AS (
     DELETE FROM order_lines WHERE userid = %(u)s
-    RETURNING {_HOUR.format("ordered_at")} AS hour, productid
+    RETURNING {hour_bin("ordered_at")} AS hour, productid
 ), viewed AS (
     DELETE FROM user_product_hours WHERE userid = %(u)s RETURNING hour, productid
 ), bought AS (

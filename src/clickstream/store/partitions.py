@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime
 from time import perf_counter
 
 import psycopg
@@ -32,7 +32,6 @@ from psycopg import sql
 __all__ = [
     "PARTITIONED",
     "Partition",
-    "day_bounds",
     "drop_partition",
     "ensure_days",
     "finish_pending_detaches",
@@ -61,12 +60,6 @@ class Partition:
 
 def partition_name(table: str, day: date) -> str:
     return f"{table}_p{day:%Y%m%d}"
-
-
-def day_bounds(day: date) -> tuple[datetime, datetime]:
-    """[00:00 UTC of `day`, 00:00 UTC of the next day)."""
-    start = datetime.combine(day, time(), UTC)
-    return start, start + timedelta(days=1)
 
 
 def partitions(conn: psycopg.Connection, table: str) -> list[Partition]:

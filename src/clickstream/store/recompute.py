@@ -18,15 +18,12 @@ from typing import Any
 
 import psycopg
 
+from clickstream.store.derived import hour_bin
+
 __all__ = ["DERIVED_TABLES", "DerivedTable", "Difference", "Hours", "differences", "recomputed"]
 
 Hours = tuple[datetime, datetime]
 """(start, end): the UTC hours from the one holding `start` up to, not including, `end`'s."""
-
-
-def _hour(column: str) -> str:
-    # The same binning as store/derived.py: UTC hours, whatever the session's time zone.
-    return f"date_bin('1 hour', {column}, '2000-01-01 00:00+00')"
 
 
 @dataclass(frozen=True)
@@ -47,14 +44,14 @@ class DerivedTable:
         """The recomputed rows of these hours (all when None): SQL and its parameters."""
         raw = "true"
         if hours is not None:
-            raw = f"{self.time} >= {_hour('%(start)s')} AND {self.time} < {_hour('%(end)s')}"
+            raw = f"{self.time} >= {hour_bin('%(start)s')} AND {self.time} < {hour_bin('%(end)s')}"
         return self.recompute.format(raw=raw), _params(hours)
 
     def stored(self, hours: Hours | None) -> tuple[str, dict[str, Any]]:
         """The stored rows of these hours (all when None): SQL and its parameters."""
         where = ""
         if hours is not None:
-            where = f" WHERE hour >= {_hour('%(start)s')} AND hour < {_hour('%(end)s')}"
+            where = f" WHERE hour >= {hour_bin('%(start)s')} AND hour < {hour_bin('%(end)s')}"
         columns = ", ".join(self.key + self.values)
         return f"SELECT {columns} FROM {self.name}{where}", _params(hours)
 
@@ -65,7 +62,7 @@ DERIVED_TABLES: tuple[DerivedTable, ...] = (
         ("userid", "productid", "hour"),
         ("viewed_at",),
         "viewed_at",
-        f"SELECT userid, productid, {_hour('viewed_at')} AS hour, max(viewed_at) AS viewed_at"
+        f"SELECT userid, productid, {hour_bin('viewed_at')} AS hour, max(viewed_at) AS viewed_at"
         " FROM product_views WHERE {raw} GROUP BY 1, 2, 3",
     ),
     DerivedTable(
@@ -73,7 +70,7 @@ DERIVED_TABLES: tuple[DerivedTable, ...] = (
         ("hour", "productid"),
         ("views", "viewers"),
         "viewed_at",
-        f"SELECT {_hour('viewed_at')} AS hour, productid, count(*) AS views,"
+        f"SELECT {hour_bin('viewed_at')} AS hour, productid, count(*) AS views,"
         " count(DISTINCT userid) AS viewers FROM product_views WHERE {raw} GROUP BY 1, 2",
     ),
     DerivedTable(
@@ -81,7 +78,7 @@ DERIVED_TABLES: tuple[DerivedTable, ...] = (
         ("hour", "productid", "userid"),
         (),
         "ordered_at",
-        f"SELECT DISTINCT {_hour('ordered_at')} AS hour, productid, userid"
+        f"SELECT DISTINCT {hour_bin('ordered_at')} AS hour, productid, userid"
         " FROM order_lines WHERE {raw}",
     ),
     DerivedTable(
@@ -89,7 +86,7 @@ DERIVED_TABLES: tuple[DerivedTable, ...] = (
         ("hour", "productid"),
         ("order_lines", "buyers"),
         "ordered_at",
-        f"SELECT {_hour('ordered_at')} AS hour, productid, count(*) AS order_lines,"
+        f"SELECT {hour_bin('ordered_at')} AS hour, productid, count(*) AS order_lines,"
         " count(DISTINCT userid) AS buyers FROM order_lines WHERE {raw} GROUP BY 1, 2",
     ),
 )

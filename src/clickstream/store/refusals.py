@@ -22,13 +22,11 @@ import psycopg
 from clickstream.errors import RejectedByDatabase, SystematicRefusal
 from clickstream.events import CleanBatch, RawEvent, Reason, Reject
 from clickstream.store.faults import database_errors
-from clickstream.store.writer import WriteResult, write_batch
+from clickstream.store.writer import NOTHING_WRITTEN, WriteResult, write_batch
 
 __all__ = ["store_around_refusals"]
 
 log = logging.getLogger("clickstream.consume")
-
-_NOTHING = WriteResult(0, 0, 0, 0)
 
 
 @dataclass
@@ -54,16 +52,16 @@ class _Search:
     def store(self, raw: list[RawEvent]) -> WriteResult:
         """Store part of the batch; recurse into halves while the database refuses."""
         if not raw:
-            return _NOTHING
+            return NOTHING_WRITTEN
         try:
             with database_errors(writing_events=True):
                 return write_batch(self.conn, self.clean(raw))
         except RejectedByDatabase as refused:
             if len(raw) == 1:
                 self.refused(raw[0], refused)
-                return _NOTHING
+                return NOTHING_WRITTEN
         half = len(raw) // 2
-        return _sum(self.store(raw[:half]), self.store(raw[half:]))
+        return self.store(raw[:half]).plus(self.store(raw[half:]))
 
 
 def store_around_refusals(
@@ -80,9 +78,9 @@ def store_around_refusals(
     search = _Search(conn, clean, budget=max(int(max_share * len(raw)), 1 if max_share else 0))
     with conn.transaction():
         half = len(raw) // 2
-        written = _sum(search.store(raw[:half]), search.store(raw[half:]))
+        written = search.store(raw[:half]).plus(search.store(raw[half:]))
         if search.found:
-            written = _sum(written, write_batch(conn, CleanBatch(rejects=_rejects(search.found))))
+            written = written.plus(write_batch(conn, CleanBatch(rejects=_rejects(search.found))))
     if search.found:
         log.warning(
             "the database refused %d of %d events of a batch (at most %d allowed by"
@@ -110,7 +108,3 @@ def _rejects(found: list[tuple[RawEvent, RejectedByDatabase]]) -> list[Reject]:
             )
         )
     return rejects
-
-
-def _sum(a: WriteResult, b: WriteResult) -> WriteResult:
-    return WriteResult(*(x + y for x, y in zip(a, b, strict=True)))

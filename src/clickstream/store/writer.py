@@ -33,7 +33,7 @@ from clickstream.events import CleanBatch
 from clickstream.store.derived import ORDER_LINE_DERIVATIONS, VIEW_DERIVATIONS, Derivation
 from clickstream.store.partitions import ensure_days
 
-__all__ = ["WriteResult", "write_batch", "copy_views"]
+__all__ = ["NOTHING_WRITTEN", "WriteResult", "copy_views", "write_batch"]
 
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_product_views"
@@ -83,10 +83,7 @@ class _Target:
     @property
     def merge(self) -> str:
         """Store the staged rows of new messageids; feed exactly those to the derivations."""
-        keys = (
-            f"INSERT INTO {self.keys} (messageid, day) {self._key_rows()}"
-            " ON CONFLICT (messageid) DO NOTHING RETURNING messageid"
-        )
+        keys = f"{self.insert_keys} ON CONFLICT (messageid) DO NOTHING RETURNING messageid"
         rows = (
             f"INSERT INTO {self.table} ({self.columns}) SELECT {self.columns}"
             f" FROM stage_{self.table} JOIN new_keys USING (messageid) RETURNING {self.columns}"
@@ -130,7 +127,8 @@ _MERGE_DEAD_LETTERS = (
 class WriteResult(NamedTuple):
     """What one write stored: rows new to the database, dead letters, duplicates skipped;
     the orders those lines belong to and each new dead letter's (topic, reason code), which
-    the consumer's metrics count. Results add up field by field (tuples concatenate)."""
+    the consumer's metrics count. Results add up field by field with `plus` (the reasons
+    concatenate)."""
 
     views: int
     order_lines: int
@@ -138,6 +136,12 @@ class WriteResult(NamedTuple):
     duplicates: int
     orders: int = 0
     dead_letter_reasons: tuple[tuple[str, str], ...] = ()
+
+    def plus(self, other: WriteResult) -> WriteResult:
+        return WriteResult(*(a + b for a, b in zip(self, other, strict=True)))
+
+
+NOTHING_WRITTEN = WriteResult(0, 0, 0, 0)
 
 
 def _escape(value: str) -> str:
@@ -151,8 +155,9 @@ def _copy_text(rows) -> bytes:
     return "\n".join(lines).encode()
 
 
-def _first_of_each_order(lines: list) -> list:
-    """The lines of the first order event of each messageid in the batch.
+def _first_of_each_order(lines: list) -> tuple[list, int]:
+    """The lines of the first order event of each messageid in the batch, and how many
+    events that is.
 
     Line numbers restart at 1 with each event, which is how a second event of the same
     messageid shows in the flat list of lines.
@@ -166,7 +171,7 @@ def _first_of_each_order(lines: list) -> list:
             seen.add(row[0])
         if not skipping:
             kept.append(row)
-    return kept
+    return kept, len(seen)
 
 
 def _first_of_each_view(views: list) -> list:
@@ -260,8 +265,7 @@ def _write_batch(conn: psycopg.Connection, batch: CleanBatch) -> WriteResult:
             first = _first_of_each_view(batch.views)
             views, _ = _store(cur, _VIEWS, first, len(first))
         if batch.order_lines:
-            lines = _first_of_each_order(batch.order_lines)
-            events = sum(1 for row in lines if row[1] == 1)
+            lines, events = _first_of_each_order(batch.order_lines)
             order_lines, orders = _store(cur, _ORDER_LINES, lines, events)
         if batch.rejects:
             with cur.copy(
