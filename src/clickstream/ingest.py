@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clickstream.config import Settings
 from clickstream.errors import Unavailable
-from clickstream.events import CleanBatch, Kind, RawEvent
+from clickstream.events import CleanBatch, RawEvent
 from clickstream.kafka.client import consumer_config, ensure_topics
 from clickstream.kafka.lag import PartitionLag, consumer_lag, describe
 from clickstream.kafka.records import raw_event
@@ -37,7 +37,7 @@ from clickstream.retry import retrying
 from clickstream.store.batches import BatchStore, clean
 from clickstream.store.writer import WriteResult
 
-__all__ = ["IngestStats", "Ingestor"]
+__all__ = ["COUNTS", "IngestStats", "Ingestor", "log_progress"]
 
 log = logging.getLogger("clickstream.consume")
 
@@ -113,10 +113,7 @@ class Ingestor:
         self.store = BatchStore(
             settings, stop=self.stop, on_retry=self._on_retry, connect_db=connect_db
         )
-        self._kinds = {
-            settings.kafka_views_topic: Kind.VIEW,
-            settings.kafka_orders_topic: Kind.ORDER,
-        }
+        self._kinds = settings.kinds
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="clickstream-writer")
         self._pending: Future | None = None
         self._pending_offsets: list[TopicPartition] = []
@@ -241,8 +238,7 @@ class Ingestor:
                 elif self._pending is not None and self._pending.done():
                     self._finish_pending()
                 if now >= next_log:
-                    last_logged = self._log_progress(last_logged)
-                    self.metrics.consumer_lag(self.lag)
+                    last_logged = log_progress(self.stats, last_logged, self._lag())
                     next_log = now + settings.ingest_log_every_seconds
                 idle_for = now - self._last_activity
                 if until_idle is not None and idle_for >= until_idle and self._drained():
@@ -264,29 +260,15 @@ class Ingestor:
             self.store.close()
             self._consumer = None
 
-    def _log_progress(self, last: tuple[int, float]) -> tuple[int, float]:
-        consumed, at = last
-        now = time.monotonic()
-        rate = (self.stats.consumed - consumed) / max(now - at, 1e-9)
-        log.info(
-            "%d events/s; stored %d views, %d order lines, %d dead letters, %d duplicates"
-            " skipped, %s; lag %s",
-            rate,
-            self.stats.views,
-            self.stats.order_lines,
-            self.stats.dead_letters,
-            self.stats.duplicates,
-            self.stats.replaced_times_text(),
-            self._lag(),
-        )
-        return self.stats.consumed, now
-
     def _lag(self) -> str:
-        """Events on the broker not yet consumed, per topic, for the progress line."""
+        """Events on the broker not yet consumed, per topic, for the progress line; the
+        same reading goes to the metrics (the broker is asked once)."""
         try:
-            return describe(self.lag())
+            lags = self.lag()
         except KafkaException as exc:
-            return f"unknown ({exc.args[0]})"
+            return f"unknown ({exc.args[0]})"  # the metrics keep their last reading
+        self.metrics.consumer_lag(lags)
+        return describe(lags)
 
     def _drained(self) -> bool:
         """True when nothing is in flight and the partitions this member owns have lag 0.
@@ -329,3 +311,21 @@ def _describe(partitions: list[TopicPartition]) -> str:
     for tp in partitions:
         by_topic.setdefault(tp.topic, []).append(tp.partition)
     return "; ".join(f"{t} {sorted(p)}" for t, p in sorted(by_topic.items()))
+
+
+def log_progress(stats: IngestStats, last: tuple[int, float], lag: str) -> tuple[int, float]:
+    """The progress line of both engines: the rate since `last` (consumed, when) and totals."""
+    consumed, at = last
+    now = time.monotonic()
+    log.info(
+        "%d events/s; stored %d views, %d order lines, %d dead letters, %d duplicates"
+        " skipped, %s; lag %s",
+        (stats.consumed - consumed) / max(now - at, 1e-9),
+        stats.views,
+        stats.order_lines,
+        stats.dead_letters,
+        stats.duplicates,
+        stats.replaced_times_text(),
+        lag,
+    )
+    return stats.consumed, now

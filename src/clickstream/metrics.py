@@ -22,7 +22,6 @@ from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from confluent_kafka import KafkaException
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -50,7 +49,7 @@ __all__ = [
     "exposed_names",
     "http_metrics",
     "multiprocess_dir",
-    "newest_event_time",
+    "records_and_newest",
     "render",
     "retry_cause",
     "serve_consumer_metrics",
@@ -164,14 +163,13 @@ class IngestMetrics:
         """Count a durable batch: each record once, as stored, duplicate or dead letter."""
         if self._families is None:
             return
-        newest = newest_event_time(batch) if written.views or written.orders else None
-        self.share_written(Tally(map(_TOPIC, raw)), written, newest, seconds)
+        self.share_written(*records_and_newest(raw, batch, written), seconds)
 
     def share_written(
         self,
         records: Mapping[str, int],
-        written: WriteResult,
         newest: float | None,
+        written: WriteResult,
         seconds: float,
     ) -> None:
         """Count a durable batch from its records per topic and what it stored: how a Spark
@@ -206,14 +204,10 @@ class IngestMetrics:
         if self._families is not None:
             self._families.state.last_commit = time.time()
 
-    def consumer_lag(self, read: Callable[[], Iterable[tuple[str, int, int | None]]]) -> None:
-        """Take a reading of (topic, partition, lag) from `read`; keep the last one when the
-        broker cannot answer, leave out partitions whose lag is not known yet."""
+    def consumer_lag(self, lags: Iterable[tuple[str, int, int | None]]) -> None:
+        """Take a reading of (topic, partition, lag), leaving out partitions whose lag is not
+        known yet."""
         if self._families is None:
-            return
-        try:
-            lags = read()
-        except KafkaException:
             return
         self._families.state.lag = {(t, p): lag for t, p, lag in lags if lag is not None}
 
@@ -224,7 +218,16 @@ def retry_cause(exc: BaseException) -> str:
     return f"sqlstate-{sqlstate}" if sqlstate else type(exc).__name__
 
 
-def newest_event_time(batch: CleanBatch) -> float | None:
+def records_and_newest(
+    raw: list[RawEvent], batch: CleanBatch, written: WriteResult
+) -> tuple[Tally[str], float | None]:
+    """What the metrics need of a batch's events: its records per topic, and the newest event
+    time it stored."""
+    newest = _newest_event_time(batch) if written.views or written.orders else None
+    return Tally(map(_TOPIC, raw)), newest
+
+
+def _newest_event_time(batch: CleanBatch) -> float | None:
     # Every stored time has the one format of `format_timestamp`: text order is time order.
     newest = max(
         max(map(_VIEW_TIME, batch.views), default=""),

@@ -26,12 +26,9 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clickstream.config import Settings
 from clickstream.errors import Unavailable
-from clickstream.ingest import IngestStats
+from clickstream.ingest import IngestStats, log_progress
 from clickstream.kafka.client import ensure_topics
 from clickstream.spark.sink import BatchSink, warm_up
-from clickstream.store import schema
-from clickstream.store.db import connect
-from clickstream.store.faults import database_errors
 
 __all__ = ["SparkIngestor", "checkpoint_dir"]
 
@@ -115,6 +112,7 @@ class SparkIngestor:
                 self._watch(query, until_idle)
             finally:
                 self._stop_between_batches(query, stop_file)
+                self.sink.store.close()
         return self.stats
 
     def _session(self):
@@ -127,22 +125,13 @@ class SparkIngestor:
             ensure_topics(self.bootstrap, list(settings.topics), settings.kafka_partitions)
             # The schema is current before any task writes: migrated here, as the default
             # engine does on first start, when allowed and the role may.
-            with (
-                connect(settings, check_schema=False) as conn,
-                database_errors(privileges="CREATE"),
-            ):
-                applied = schema.migrate_on_start(conn, allowed=settings.database_auto_migrate)
-            if applied:
-                log.info("database schema: %s", schema.describe(applied))
+            self.sink.store.connect_and_migrate()
             return self._spark or session.result()
 
     def _stream(self, spark, stop_file: str):
         """Both topics as rows of (topic, partition, offset, value, timestamp_ms)."""
         settings = self.settings
-        kinds = {
-            settings.kafka_views_topic: "ProductView",
-            settings.kafka_orders_topic: "OrderEvent",
-        }
+        kinds = settings.kinds
         if settings.spark_source == "kafka":
             reader = (
                 spark.readStream.format("kafka")
@@ -203,7 +192,7 @@ class SparkIngestor:
                 if committer is not None and progress is not None:
                     committer.commit(progress)
                 if now >= next_log:
-                    last_logged = self._log_progress(last_logged, progress)
+                    last_logged = log_progress(self.stats, last_logged, _lag(progress))
                     next_log = now + settings.ingest_log_every_seconds
                 if until_idle is not None and self.ready_at is not None and not self.sink.busy:
                     idle_for = now - max(self.ready_at, self.sink.last_rows_at or 0)
@@ -231,22 +220,6 @@ class SparkIngestor:
                 time.sleep(_POLL)
         query.stop()
         log.info("Spark query stopped")
-
-    def _log_progress(self, last: tuple[int, float], progress) -> tuple[int, float]:
-        consumed, at = last
-        stats, now = self.stats, time.monotonic()
-        rate = (stats.consumed - consumed) / max(now - at, 1e-9)
-        log.info(
-            "%d events/s; stored %d views, %d order lines, %d dead letters, %d duplicates"
-            " skipped; lag %s",
-            rate,
-            stats.views,
-            stats.order_lines,
-            stats.dead_letters,
-            stats.duplicates,
-            _lag(progress),
-        )
-        return stats.consumed, now
 
 
 def _offsets(text: str | None) -> dict[str, dict[str, int]]:

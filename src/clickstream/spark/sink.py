@@ -37,9 +37,9 @@ import pyarrow as pa
 from clickstream.config import Settings
 from clickstream.events import CleanBatch, Kind, RawEvent
 from clickstream.ingest import COUNTS, IngestStats
-from clickstream.metrics import IngestMetrics, newest_event_time, retry_cause
+from clickstream.metrics import IngestMetrics, records_and_newest, retry_cause
 from clickstream.store.batches import BatchStore, clean
-from clickstream.store.writer import WriteResult
+from clickstream.store.writer import NOTHING_WRITTEN, WriteResult
 
 __all__ = ["BatchSink", "Chunks", "arrow_batches", "raw_events", "warm_up"]
 
@@ -69,10 +69,7 @@ class BatchSink:
     def __init__(self, settings: Settings, *, tasks: bool, stop) -> None:
         self.settings = settings
         self.tasks = tasks
-        self.kinds = {
-            settings.kafka_views_topic: Kind.VIEW,
-            settings.kafka_orders_topic: Kind.ORDER,
-        }
+        self.kinds = settings.kinds
         self.stats = IngestStats()
         self.metrics = IngestMetrics(settings)
         # The consumers' write path: COPY, retries, isolating a refused row.
@@ -100,16 +97,17 @@ class BatchSink:
     def _write_on_driver(self, frame) -> None:
         started = time.monotonic()
         chunks, written = write_streamed(self.store, self.kinds, arrow_batches(frame))
-        if not chunks.raw:
+        raw, batch = chunks.raw, chunks.batch
+        if not raw:
             return
-        self.stats.consumed += len(chunks.raw)
-        self.stats.add(chunks.batch, written)
+        self.stats.consumed += len(raw)
+        self.stats.add(batch, written)
         self.last_rows_at = time.monotonic()  # idle time counts from the end of a batch
-        self.metrics.batch_written(chunks.raw, chunks.batch, written, self.last_rows_at - started)
+        self.metrics.batch_written(raw, batch, written, self.last_rows_at - started)
         log.debug(
             "micro-batch of %d events: read and cleaned %.2fs, written %.2fs later,"
             " %d writes in its transaction",
-            len(chunks.raw),
+            len(raw),
             chunks.read_at - started,
             self.last_rows_at - chunks.read_at,
             chunks.writes,
@@ -140,7 +138,7 @@ class BatchSink:
             *counts, reasons = report["written"]
             written = WriteResult(*counts, tuple(map(tuple, reasons)))
             self.metrics.share_written(
-                report["records"], written, report["newest"], report["seconds"]
+                report["records"], report["newest"], written, report["seconds"]
             )
 
 
@@ -173,14 +171,12 @@ def write_share(
         batch = clean(settings, raw)
         started = time.monotonic()
         written = store.store(raw, batch)
+        seconds = time.monotonic() - started
         stats.add(batch, written)
         stats.consumed = len(raw)
-        report |= {
-            "records": Counter(event.topic for event in raw),
-            "written": list(written),
-            "newest": newest_event_time(batch) if written.views or written.orders else None,
-            "seconds": time.monotonic() - started,
-        }
+        if settings.ingest_metrics_port:  # only the driver's metrics read these
+            records, newest = records_and_newest(raw, batch, written)
+            report |= {"records": records, "newest": newest, "written": written, "seconds": seconds}
     report["stats"] = {name: getattr(stats, name) for name in COUNTS}
     report["replaced_times"] = [[*key, n] for key, n in stats.replaced_times.items()]
     return pa.RecordBatch.from_pylist([{"share": json.dumps(report)}], _SHARE_SCHEMA)
@@ -265,15 +261,14 @@ class Chunks:
 
         def write(conn: psycopg.Connection) -> WriteResult:
             self.writes = 0
-            written = WriteResult(0, 0, 0, 0)
+            written = NOTHING_WRITTEN
             chunks = self._chunks()
             first = next(chunks, None)  # an empty micro-batch opens no transaction
             if first is None:
                 return written
             with store.errors(), conn.transaction():
                 for raw, batch in itertools.chain([first], chunks):
-                    part = store.write(raw, batch)
-                    written = WriteResult(*(a + b for a, b in zip(written, part, strict=True)))
+                    written = written.plus(store.write(raw, batch))
                     self.writes += 1
             return written
 
