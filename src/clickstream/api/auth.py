@@ -39,8 +39,7 @@ def carries_key(headers: list[tuple[bytes, bytes]], key: str | None) -> bool:
     """Whether the request's headers carry `key`; never true when no key is configured."""
     if not key:
         return False
-    given = next((v for k, v in headers if k == _HEADER), b"")
-    return hmac.compare_digest(given, key.encode())
+    return hmac.compare_digest(_given_key(headers), key.encode())
 
 
 class ApiKeyMiddleware:
