@@ -108,64 +108,47 @@ def _repair_one(conn: psycopg.Connection, diff: Difference) -> None:
     table = _TABLES[diff.table]
     name = sql.Identifier(table.name)
     keys = [sql.Identifier(k) for k in table.key]
+    columns = [sql.Identifier(v) for v in table.values]
     match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(k) for k in keys)
+    same = sql.SQL("").join(sql.SQL(" AND {} = %s").format(c) for c in columns)
     if diff.table in _ADDITIVE:
         stored = diff.stored or (0,) * len(table.values)
         wanted = diff.recomputed or (0,) * len(table.values)
         deltas = [r - s for r, s in zip(wanted, stored, strict=True)]
-        columns = [sql.Identifier(v) for v in table.values]
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {t} AS c ({cols}) VALUES ({marks}) ON CONFLICT ({keys})"
-                " DO UPDATE SET {sets}"
-            ).format(
-                t=name,
-                cols=sql.SQL(", ").join(keys + columns),
-                marks=sql.SQL(", ").join(sql.Placeholder() * (len(keys) + len(columns))),
-                keys=sql.SQL(", ").join(keys),
-                sets=sql.SQL(", ").join(
-                    sql.SQL("{c} = c.{c} + excluded.{c}").format(c=c) for c in columns
-                ),
-            ),
-            (*diff.key, *deltas),
-        )
+        add = sql.SQL(", ").join(sql.SQL("{c} = c.{c} + excluded.{c}").format(c=c) for c in columns)
+        action = sql.SQL("DO UPDATE SET {}").format(add)
+        conn.execute(_upsert(name, keys, columns, action), (*diff.key, *deltas))
         zero = sql.SQL(" AND ").join(sql.SQL("{} = 0").format(c) for c in columns)
         conn.execute(sql.SQL("DELETE FROM {} WHERE {} AND {}").format(name, match, zero), diff.key)
     elif diff.recomputed is None:
-        same = sql.SQL("").join(
-            sql.SQL(" AND {} = %s").format(sql.Identifier(v)) for v in table.values
-        )
         conn.execute(
             sql.SQL("DELETE FROM {} WHERE {}{}").format(name, match, same),
             (*diff.key, *(diff.stored or ())),
         )
     elif diff.stored is None:
-        columns = [sql.Identifier(v) for v in table.values]
         newer = sql.SQL(", ").join(
-            sql.SQL("{c} = greatest(t.{c}, excluded.{c})").format(c=c) for c in columns
+            sql.SQL("{c} = greatest(c.{c}, excluded.{c})").format(c=c) for c in columns
         )
         action = sql.SQL("DO UPDATE SET {}").format(newer) if columns else sql.SQL("DO NOTHING")
-        conn.execute(
-            sql.SQL("INSERT INTO {} AS t ({}) VALUES ({}) ON CONFLICT ({}) {}").format(
-                name,
-                sql.SQL(", ").join(keys + columns),
-                sql.SQL(", ").join(sql.Placeholder() * (len(keys) + len(columns))),
-                sql.SQL(", ").join(keys),
-                action,
-            ),
-            (*diff.key, *diff.recomputed),
-        )
+        conn.execute(_upsert(name, keys, columns, action), (*diff.key, *diff.recomputed))
     else:
-        sets = sql.SQL(", ").join(
-            sql.SQL("{} = %s").format(sql.Identifier(v)) for v in table.values
-        )
-        same = sql.SQL("").join(
-            sql.SQL(" AND {} = %s").format(sql.Identifier(v)) for v in table.values
-        )
+        sets = sql.SQL(", ").join(sql.SQL("{} = %s").format(c) for c in columns)
         conn.execute(
             sql.SQL("UPDATE {} SET {} WHERE {}{}").format(name, sets, match, same),
             (*diff.recomputed, *diff.key, *diff.stored),
         )
+
+
+def _upsert(name: sql.Identifier, keys: list, columns: list, action: sql.Composable):
+    """One row in (the keys' values, then the columns'), `action` on a conflict of its key;
+    the stored row is `c` in the action."""
+    return sql.SQL("INSERT INTO {} AS c ({}) VALUES ({}) ON CONFLICT ({}) {}").format(
+        name,
+        sql.SQL(", ").join(keys + columns),
+        sql.SQL(", ").join(sql.Placeholder() * (len(keys) + len(columns))),
+        sql.SQL(", ").join(keys),
+        action,
+    )
 
 
 def repair(conn: psycopg.Connection, found: list[Difference]) -> dict[datetime, int]:
