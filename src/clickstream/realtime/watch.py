@@ -28,6 +28,11 @@ __all__ = ["POLL_SECONDS", "DatabaseWatch", "Erased"]
 log = logging.getLogger("clickstream.realtime")
 
 POLL_SECONDS = 5.0
+# Erasures after a point (a time or an id), with their time in epoch milliseconds.
+_ERASURES = (
+    "SELECT id, user_hash, (extract(epoch FROM erased_at) * 1000)::bigint"
+    " FROM erasures WHERE {} ORDER BY id"
+)
 
 
 class Erased(NamedTuple):
@@ -104,18 +109,11 @@ class DatabaseWatch:
         try:
             if self._last_erasure is None:
                 (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM erasures").fetchone()
-                rows = conn.execute(
-                    "SELECT id, user_hash, (extract(epoch FROM erased_at) * 1000)::bigint"
-                    " FROM erasures WHERE erased_at > to_timestamp(%s / 1000.0) ORDER BY id",
-                    (self._since_ms(),),
-                ).fetchall()
+                since = "erased_at > to_timestamp(%s / 1000.0)"
+                rows = conn.execute(_ERASURES.format(since), (self._since_ms(),)).fetchall()
                 self._last_erasure = last
             else:
-                rows = conn.execute(
-                    "SELECT id, user_hash, (extract(epoch FROM erased_at) * 1000)::bigint"
-                    " FROM erasures WHERE id > %s ORDER BY id",
-                    (self._last_erasure,),
-                ).fetchall()
+                rows = conn.execute(_ERASURES.format("id > %s"), (self._last_erasure,)).fetchall()
         except psycopg.errors.UndefinedTable:
             return  # a database not migrated yet has erased nobody
         if rows:
