@@ -163,7 +163,8 @@ class IngestMetrics:
         """Count a durable batch: each record once, as stored, duplicate or dead letter."""
         if self._families is None:
             return
-        self.share_written(*records_and_newest(raw, batch, written), seconds)
+        records, newest = records_and_newest(raw, batch, written)
+        self.share_written(records, newest, written, seconds)
 
     def share_written(
         self,
