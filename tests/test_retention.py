@@ -318,7 +318,8 @@ def test_a_day_detached_but_not_dropped_never_comes_back(pipeline):
     names = [f"product_views_p{moment:%Y%m%d}" for moment in (late, other)]
     with connect(pipeline.settings) as conn:
         write_batch(conn, CleanBatch(views=[view("v-a", late), view("v-x", other)]))
-        for name in names:
+        for name in names:  # as drop_partition does, stopped before its DROP
+            conn.execute("INSERT INTO clickstream_detached (name) VALUES (%s)", (name,))
             conn.execute(f"ALTER TABLE product_views DETACH PARTITION {name}")
         conn.commit()
         # This connection still believes the day has a partition: it finds out and makes one.
@@ -329,6 +330,35 @@ def test_a_day_detached_but_not_dropped_never_comes_back(pipeline):
         prune(conn, cutoffs(pipeline.settings, NOW), NOW)
     tables = {r[0] for r in pipeline.query("SELECT relname FROM pg_class WHERE relkind = 'r'")}
     assert names[0] in tables and names[1] not in tables
+    assert pipeline.query("SELECT name FROM clickstream_detached") == []
+
+
+def test_a_day_an_operator_detached_is_never_dropped(pipeline):
+    """Named like a partition but detached by hand (to archive it): the prune keeps it, even
+    past the cutoff, and the writer refuses to replace it, saying why."""
+    archived = CUTOFF - timedelta(days=5)
+    name = f"product_views_p{archived:%Y%m%d}"
+    with connect(pipeline.settings) as conn:
+        write_batch(conn, CleanBatch(views=[view("v-archived", archived)]))
+        conn.execute(f"ALTER TABLE product_views DETACH PARTITION {name}")
+        conn.commit()
+    with connect(pipeline.settings, autocommit=True) as conn:
+        result = prune(conn, cutoffs(retained(pipeline, events=90).settings, NOW), NOW)
+        assert name not in {d.partition.name for d in result.removed if d.partition}
+    assert pipeline.query(f"SELECT messageid FROM {name}") == [("v-archived",)]
+    with connect(pipeline.settings) as conn, pytest.raises(psycopg.errors.DuplicateTable) as exc:
+        write_batch(conn, CleanBatch(views=[view("v-late", archived)]))
+    assert f"table {name} exists and is not a partition of product_views" in str(exc.value)
+    assert pipeline.query(f"SELECT messageid FROM {name}") == [("v-archived",)]
+
+
+def test_the_day_function_has_an_explicit_search_path_with_pg_temp_last(pipeline):
+    """SECURITY DEFINER: a caller's temporary table must not shadow the function's own."""
+    ((config, definer),) = pipeline.query(
+        "SELECT proconfig, prosecdef FROM pg_proc WHERE proname = 'clickstream_add_day'"
+    )
+    (schema,) = pipeline.query("SELECT current_schema()")[0]
+    assert definer and config == [f"search_path={schema}, pg_temp"]
 
 
 def test_an_ingest_role_without_ddl_rights_still_gets_its_days(pipeline):

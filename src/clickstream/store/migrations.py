@@ -60,6 +60,65 @@ _ADD_DAY_0008 = """
 """
 
 
+# 0009: the same function with an explicit search_path, the schema then pg_temp last (a
+# SECURITY DEFINER function must not let a caller's temporary objects shadow its own, as
+# PostgreSQL's documentation of CREATE FUNCTION requires), and it drops a detached day table
+# only when clickstream itself detached it (recorded in `clickstream_detached`): a table an
+# operator detached to archive is refused, never dropped.
+_ADD_DAY_0009 = """
+    CREATE OR REPLACE FUNCTION clickstream_add_day(parent text, day date) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER AS $$
+    DECLARE
+        part text := parent || '_p' || to_char(day, 'YYYYMMDD');
+        col text := CASE parent
+            WHEN 'product_views' THEN 'viewed_at'
+            WHEN 'order_lines' THEN 'ordered_at'
+            WHEN 'user_product_hours' THEN 'hour'
+            WHEN 'report_buyers' THEN 'hour'
+        END;
+        lower_bound timestamptz := day::timestamp AT TIME ZONE 'UTC';
+        upper_bound timestamptz := (day + 1)::timestamp AT TIME ZONE 'UTC';
+        attached boolean;
+    BEGIN
+        IF col IS NULL THEN
+            RAISE EXCEPTION 'not a table partitioned by day: %', parent;
+        END IF;
+        PERFORM pg_advisory_xact_lock(1668049776);  -- "clkp"
+        SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid) INTO attached
+        FROM pg_class c WHERE c.oid = to_regclass(part);
+        IF attached THEN
+            RETURN false;
+        END IF;
+        IF attached IS NOT NULL THEN
+            IF NOT EXISTS (SELECT 1 FROM clickstream_detached d WHERE d.name = part) THEN
+                RAISE EXCEPTION USING ERRCODE = 'duplicate_table', MESSAGE = format(
+                    'table %s exists and is not a partition of %s: clickstream did not detach'
+                    ' it, so it keeps it; rename it to store events of %s again', part, parent,
+                    day);
+            END IF;
+            EXECUTE format('DROP TABLE %I', part);  -- detached by a prune that stopped
+            DELETE FROM clickstream_detached d WHERE d.name = part;
+        END IF;
+        EXECUTE format(
+            'CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING CONSTRAINTS'
+            ' INCLUDING GENERATED)', part, parent);
+        EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (%I >= %L AND %I < %L)',
+            part, part || '_range', col, lower_bound, col, upper_bound);
+        EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+            parent, part, lower_bound, upper_bound);
+        RETURN true;
+    END $$
+"""
+# The schema the migration runs in, named, then pg_temp.
+_ADD_DAY_PATH_0009 = """
+    DO $$ BEGIN
+        EXECUTE format(
+            'ALTER FUNCTION clickstream_add_day(text, date) SET search_path = %I, pg_temp',
+            current_schema());
+    END $$
+"""
+
+
 def _partition_table_0008(table: str, column: str) -> tuple[str, ...]:
     """Replace `table` by one partitioned by UTC day of `column`, its rows copied over.
 
@@ -359,5 +418,17 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
             pruned_at     timestamptz NOT NULL DEFAULT now()
         )
         """,
+    ),
+    "0009_reliability": (
+        # The day tables clickstream's prune is detaching or has detached and not dropped yet:
+        # the only detached tables a prune or the writer may drop (store/partitions.py).
+        """
+        CREATE TABLE clickstream_detached (
+            name        text PRIMARY KEY,
+            detached_at timestamptz NOT NULL DEFAULT now()
+        )
+        """,
+        _ADD_DAY_0009,
+        _ADD_DAY_PATH_0009,
     ),
 }

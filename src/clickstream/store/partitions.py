@@ -16,7 +16,10 @@ all the time:
   then it waits for the queries that may still see the partition), and is then dropped
   alone, outside the parent, where nothing waits for it.
 
-Partitions are named `<table>_pYYYYMMDD`; the day is read back from the name.
+Partitions are named `<table>_pYYYYMMDD`; the day is read back from the name. A prune
+records each day it detaches in `clickstream_detached` before detaching it, and only a table
+recorded there is ever dropped once detached: a day an operator detached to archive it is
+named like a partition but is theirs, kept by the prune and refused by `clickstream_add_day`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from psycopg import sql
 __all__ = [
     "PARTITIONED",
     "Partition",
+    "detached_by_us",
     "drop_partition",
     "ensure_days",
     "finish_pending_detaches",
@@ -86,7 +90,8 @@ def ensure_days(conn: psycopg.Connection, table: str, days: set[date]) -> list[d
     as the tables' owner: the ingest's role needs no DDL rights for it. Each day is created
     in a transaction of its own, under an advisory lock so that two writers meeting the same
     new day do not both create it; a day table a stopped prune detached but did not drop is
-    dropped first (its rows and keys are pruned, they must not come back).
+    dropped first (its rows and keys are pruned, they must not come back). Any other table of
+    the day's name is refused (`psycopg.errors.DuplicateTable`): an operator's archive.
     """
     created = []
     for day in sorted(days):
@@ -97,31 +102,32 @@ def ensure_days(conn: psycopg.Connection, table: str, days: set[date]) -> list[d
     return created
 
 
+def detached_by_us(conn: psycopg.Connection) -> set[str]:
+    """The day tables a prune recorded before detaching them and has not dropped yet."""
+    return {name for (name,) in conn.execute("SELECT name FROM clickstream_detached")}
+
+
 def finish_pending_detaches(conn: psycopg.Connection, table: str) -> list[str]:
     """Complete what an interrupted prune left: half-detached days, detached undropped ones.
 
-    Only a prune detaches a day, so a day table that is no partition is one it did not get to
-    drop. `conn` must be in autocommit mode.
+    Only the tables a prune recorded are touched; a half-detached or detached day of anyone
+    else stays as it is. `conn` must be in autocommit mode.
     """
     done = []
+    ours = detached_by_us(conn)
     for part in partitions(conn, table):
-        if part.detach_pending:
+        if part.detach_pending and part.name in ours:
             conn.execute(
                 sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
                     sql.Identifier(table), sql.Identifier(part.name)
                 )
             )
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(part.name)))
-            done.append(part.name)
-    detached = conn.execute(
-        "SELECT relname FROM pg_class c WHERE relkind = 'r' AND relname ~ %s"
-        " AND relnamespace = to_regnamespace(current_schema())"
-        " AND NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid)",
-        (f"^{table}_p[0-9]{{8}}$",),
-    ).fetchall()
-    for (name,) in detached:
-        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
-        done.append(name)
+    attached = {part.name for part in partitions(conn, table)}
+    for name in sorted(ours - attached):
+        if name.startswith(f"{table}_p"):
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+            conn.execute("DELETE FROM clickstream_detached WHERE name = %s", (name,))
+            done.append(name)
     return done
 
 
@@ -131,6 +137,9 @@ def drop_partition(conn: psycopg.Connection, part: Partition) -> list[tuple[str,
     `conn` must be in autocommit mode (DETACH ... CONCURRENTLY refuses a transaction).
     """
     timings = []
+    conn.execute(
+        "INSERT INTO clickstream_detached (name) VALUES (%s) ON CONFLICT DO NOTHING", (part.name,)
+    )
     for statement in (
         sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
             sql.Identifier(part.table), sql.Identifier(part.name)
@@ -140,4 +149,5 @@ def drop_partition(conn: psycopg.Connection, part: Partition) -> list[tuple[str,
         started = perf_counter()
         conn.execute(statement)
         timings.append((statement.as_string(conn), perf_counter() - started))
+    conn.execute("DELETE FROM clickstream_detached WHERE name = %s", (part.name,))
     return timings

@@ -32,6 +32,7 @@ from clickstream.config import Settings
 from clickstream.store.partitions import (
     PARTITIONED,
     Partition,
+    detached_by_us,
     drop_partition,
     ensure_days,
     finish_pending_detaches,
@@ -150,11 +151,14 @@ def _before(conn: psycopg.Connection, table: str, column: str, cutoff: datetime 
 def plan(conn: psycopg.Connection, limits: Cutoffs) -> list[Doomed]:
     """What a prune with these cutoffs removes, oldest first per table."""
     doomed = []
+    ours = detached_by_us(conn)
     for table, kind in _TABLE_KIND.items():
         cutoff = limits.of(kind)
         if cutoff is None:
             continue
         for part in partitions(conn, table):
+            if part.detach_pending and part.name not in ours:
+                continue  # someone else's detach: theirs to finish
             if part.day < cutoff.date() or part.detach_pending:
                 rows = _estimated_rows(conn, part.name)
                 doomed.append(Doomed(table, f"{part.day} ({part.name})", rows, part))
