@@ -273,3 +273,31 @@ def test_an_event_the_database_refuses_on_replay_stays_pending_and_the_rest_is_s
     (outcome,) = p.query('SELECT replay_outcome FROM dead_letters WHERE "offset" = 1')[0]
     assert outcome.startswith("still-rejected: rejected-by-database: ")
     assert "no_refused" in outcome
+
+
+def _event_table_reads(conn) -> int:
+    """Scans of any partition of the event tables so far, as the statistics count them."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    (reads,) = conn.execute(
+        "SELECT coalesce(sum(coalesce(seq_scan, 0) + coalesce(idx_scan, 0)), 0)::int"
+        " FROM pg_stat_user_tables"
+        " WHERE relname LIKE 'product\\_views\\_p%' OR relname LIKE 'order\\_lines\\_p%'"
+    ).fetchone()
+    return reads
+
+
+def test_replay_asks_the_key_tables_and_keys_agree_with_rows(arrived):
+    """Is this messageid stored: the indexed key tables answer, no event partition is read
+    (they are partitioned by day and have no index by messageid); keys and rows agree."""
+    p = arrived
+    raised = dataclasses.replace(p.settings, ingest_max_event_bytes=65536)
+    with connect(p.settings, autocommit=True) as conn, connect(p.settings) as stats:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        before = _event_table_reads(stats)
+        summary = replay(conn, raised, Selection())
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        assert (summary.stored, summary.duplicate) == (4, 1)
+        assert _event_table_reads(stats) == before
+    assert p.query(
+        "SELECT messageid, (viewed_at AT TIME ZONE 'UTC')::date FROM product_views ORDER BY 1"
+    ) == p.query("SELECT messageid, day FROM view_messageids ORDER BY 1")

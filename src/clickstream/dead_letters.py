@@ -70,20 +70,17 @@ def _clean_one(
     return cleaned, (cleaned.rejects[0].reason if cleaned.rejects else None)
 
 
-_TABLES = {Kind.VIEW: "product_views", Kind.ORDER: "order_lines"}
+# Each kind's key table: one row per stored messageid, its primary key the index a replay
+# asks (the event tables have none by messageid, and are partitioned by day).
+_KEYS = {Kind.VIEW: "view_messageids", Kind.ORDER: "order_messageids"}
 
 
-def _stored(
-    conn: psycopg.Connection, table: str, messageids: list[str], *, now: bool = False
-) -> set[str]:
-    """Which of these messageids are stored; with `now`, which this transaction inserted
-    (their rows carry its start time)."""
+def _stored(conn: psycopg.Connection, kind: Kind, messageids: list[str]) -> set[str]:
+    """Which of these messageids are stored (or were, and their day is pruned)."""
     if not messageids:
         return set()
     rows = conn.execute(
-        f"SELECT DISTINCT messageid FROM {table} WHERE messageid = ANY(%s)"
-        + (" AND ingested_at = now()" if now else ""),
-        (messageids,),
+        f"SELECT messageid FROM {_KEYS[kind]} WHERE messageid = ANY(%s)", (messageids,)
     )
     return {row[0] for row in rows}
 
@@ -100,7 +97,12 @@ def _messageid(payload: bytes) -> str | None:
 
 def _write(conn: psycopg.Connection, batch: CleanBatch, owners: dict[str, int]) -> dict[int, str]:
     """Store the batch; when the database refuses its content, write each event alone to
-    find which (a fault of the database propagates: nothing of the chunk is committed)."""
+    find which (a fault of the database propagates: nothing of the chunk is committed).
+
+    What the key tables hold before the write is what it skips as stored already; the
+    dead letters chosen are locked, so no other replay stores them meanwhile."""
+    before = _stored(conn, Kind.VIEW, [v.messageid for v in batch.views])
+    before |= _stored(conn, Kind.ORDER, list({o.messageid for o in batch.order_lines}))
     try:
         with database_errors(writing_events=True):
             write_batch(conn, batch)
@@ -116,9 +118,7 @@ def _write(conn: psycopg.Connection, batch: CleanBatch, owners: dict[str, int]) 
             )
             outcomes |= _write(conn, one, {messageid: id_})
         return outcomes
-    new = _stored(conn, "product_views", [v.messageid for v in batch.views], now=True)
-    new |= _stored(conn, "order_lines", list({o.messageid for o in batch.order_lines}), now=True)
-    return {id_: "stored" if m in new else "duplicate" for m, id_ in owners.items()}
+    return {id_: "duplicate" if m in before else "stored" for m, id_ in owners.items()}
 
 
 def _replay_chunk(
@@ -152,7 +152,7 @@ def _replay_chunk(
         outcomes |= _write(conn, batch, owners)
     # Still rejected, but fixed by hand and sent back: the event is stored under its id.
     for kind, candidates in fixed.items():
-        for messageid in _stored(conn, _TABLES[kind], list(candidates)):
+        for messageid in _stored(conn, kind, list(candidates)):
             outcomes.update(dict.fromkeys(candidates[messageid], "duplicate"))
     store.mark(conn, outcomes)
     return outcomes
