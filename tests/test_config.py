@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -337,3 +340,29 @@ def test_a_missing_config_file_is_an_error_naming_where_it_was_asked_for(tmp_pat
 def test_unrelated_environment_variables_are_ignored():
     settings = load_settings(env={"CLICKSTREAM": "x", "KAFKA_PARTITIONS": "0", "HOME": "/"})
     assert settings.kafka_partitions == 4
+
+
+@pytest.mark.parametrize("kind", ["events", "user_product_hours"])
+def test_a_retention_shorter_than_the_late_event_limit_is_refused(kind, tmp_path):
+    """A late event of a pruned day would be stored again and counted twice: refused, in
+    one line, exit 2; as long as the limit, it is accepted."""
+    env = {f"CLICKSTREAM_RETENTION_{kind.upper()}_DAYS": "3"}
+    expected = (
+        f"retention.{kind}_days=3 keeps less than events.max_behind_seconds=604800 (7 days):"
+        " a late event would come back to a pruned day and be counted twice; keep at least"
+        " 7 days, or lower events.max_behind_seconds"
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env=env)
+    assert str(exc.value) == expected
+    shorter = env | {"CLICKSTREAM_EVENTS_MAX_BEHIND_SECONDS": str(3 * 86_400)}
+    assert getattr(load_settings(env=shorter), f"retention_{kind}_days") == 3
+    result = subprocess.run(
+        [sys.executable, "-m", "clickstream", "prune", "--dry-run"],
+        env=os.environ | env | {"CLICKSTREAM_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"clickstream: error: {expected}"]

@@ -172,6 +172,22 @@ def _config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]
     return local if local.is_file() else None
 
 
+def _check_retention(values: Mapping[str, Any]) -> None:
+    """Refuse a retention that prunes days a late event may still come back to: the event
+    would recreate its pruned day (its messageid key gone, its (user, product, hour) row
+    gone) and be stored again, its viewer or buyer counted twice."""
+    behind = values["events_max_behind_seconds"]
+    for kind in ("events", "user_product_hours"):
+        days = values[f"retention_{kind}_days"]
+        if days and days * 86_400 < behind:
+            raise ConfigError(
+                f"retention.{kind}_days={days} keeps less than events.max_behind_seconds="
+                f"{behind} ({behind / 86_400:g} days): a late event would come back to a pruned"
+                f" day and be counted twice; keep at least {-(-behind // 86_400)} days, or"
+                " lower events.max_behind_seconds"
+            )
+
+
 def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -195,6 +211,7 @@ def load_settings(
             values[setting.attr] = setting.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{origin}={raw!r}: {exc}") from None
+    _check_retention(values)
     values["data_dir"] = Path(values["data_dir"] or default_data_dir()).expanduser()
     values["reports_dir"] = Path(values["reports_dir"]).expanduser()
     return Settings(**values, source=str(path) if path else "defaults")
