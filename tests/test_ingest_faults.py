@@ -249,7 +249,7 @@ def test_insert_privilege_revoked_then_granted_back(harness, caplog):
         harness, lambda: grant("REVOKE", "FROM"), lambda: grant("GRANT", "TO"), seed=61
     )
     assert (
-        f"permission denied for table product_views: grant INSERT, SELECT on it to role"
+        f"permission denied for table product_views: grant INSERT, SELECT, UPDATE on it to role"
         f" {harness.role}" in _retry_lines(caplog)
     )
     assert "nothing committed" in _retry_lines(caplog)

@@ -140,3 +140,57 @@ def cleaned(topic: str, records: dict[int, bytes]):
     """The batch the consumer would write for these records (offset: value) of partition 0."""
     raw = [RawEvent(Kind.ORDER, topic, 0, offset, v, None) for offset, v in records.items()]
     return clean_batch(raw)
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple], float]:
+    try:
+        return samples(httpx.get(url, timeout=5).text)
+    except httpx.HTTPError:
+        return {}
+
+
+def test_the_consumer_lag_has_a_sample_at_the_first_scrape(pipeline: Pipeline):
+    """Read after each batch, not only with the progress line (here once in ten minutes): a
+    scrape right after the events are stored sees the lag of each partition they came from."""
+    settings = dataclasses.replace(pipeline.settings, ingest_log_every_seconds=600.0)
+    Pipeline(settings, pipeline.bootstrap).produce_views(
+        [orjson.dumps(_view(i)) for i in range(40)]
+    )
+    port = free_port()
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "clickstream", "consume", "--metrics-port", str(port)],
+        env=settings_env(settings),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    topic = settings.kafka_views_topic
+    stored = ("clickstream_ingest_events_total", (("outcome", "stored"), ("topic", topic)))
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the lag follows each batch's commit: at most a moment after the count
+            found = _scrape(url)
+            lags = {
+                labels: value
+                for (name, labels), value in found.items()
+                if name == "clickstream_consumer_lag" and dict(labels)["topic"] == topic
+            }
+            if found.get(stored) == 40 and lags:
+                break
+            assert time.monotonic() < deadline, f"no lag sample after storing: {lags}"
+            time.sleep(0.2)
+    finally:
+        consumer.terminate()
+        consumer.wait(30)
+    assert lags and set(lags.values()) == {0}
+
+
+def _view(i: int) -> dict:
+    return {
+        "event": "ProductView",
+        "messageid": f"lag-{i}",
+        "userid": f"user-{i % 3}",
+        "properties": {"productid": "product-1"},
+        "context": {"source": "web"},
+    }

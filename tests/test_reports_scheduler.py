@@ -20,10 +20,13 @@ import pytest
 from test_reports import store, view
 
 from clickstream.errors import ClickstreamError
+from clickstream.event_time import format_timestamp
+from clickstream.events import CleanBatch, ViewRow
 from clickstream.reports.hours import hours_between
 from clickstream.reports.scheduler import due_hours, report_pass, run_every_hour
 from clickstream.store.catalog import upsert_products
 from clickstream.store.db import connect
+from clickstream.store.writer import write_batch
 
 DAY = datetime(2026, 11, 24, tzinfo=UTC)
 DELAY = timedelta(minutes=2)
@@ -129,3 +132,54 @@ def test_every_hour_command_reports_and_stops_on_sigterm(pipeline, tmp_path):
         stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert "wrote " in stdout and "conversion_rates_" in stdout
+
+
+def test_a_role_that_may_not_prune_is_told_once_a_day_and_the_reports_go_on(
+    hours_stored, tmp_path, caplog
+):
+    """Not the tables' owner: the daily prune is refused. It says so once, then waits for
+    the next day, instead of trying again (and warning) at every pass."""
+    import dataclasses
+    import logging
+    import uuid
+
+    import psycopg.conninfo
+
+    settings = hours_stored.settings
+    role = f"reports_{uuid.uuid4().hex[:8]}"
+    with connect(settings, autocommit=True) as owner:
+        old = format_timestamp(DAY - timedelta(days=200))
+        write_batch(owner, CleanBatch(views=[ViewRow("v-old", "u", "product-1", "web", old)]))
+        owner.execute(f"CREATE ROLE {role} LOGIN")
+        owner.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+        )
+        owner.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    url = psycopg.conninfo.make_conninfo(settings.database_url, user=role)
+    limited = dataclasses.replace(settings, database_url=url)
+    caplog.set_level(logging.WARNING, logger="clickstream.reports.scheduler")
+    stop = threading.Event()
+    runner = threading.Thread(
+        target=run_every_hour,
+        args=(limited, tmp_path, stop),
+        kwargs={"poll": 0.05, "clock": lambda: at(14, 3)},
+    )
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "conversion_rates_2026-11-24T13.csv").exists():
+            assert time.monotonic() < deadline, "the scheduler wrote nothing"
+            time.sleep(0.05)
+        time.sleep(1.5)  # some thirty passes more
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+        with connect(settings, autocommit=True) as owner:
+            owner.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+            owner.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}")
+            owner.execute(f"DROP ROLE {role}")
+    assert not runner.is_alive()
+    refused = [r.getMessage() for r in caplog.records if "must be owner" in r.getMessage()]
+    assert len(refused) == 1, refused
+    assert refused[0].endswith("; the daily prune is tried again in 1 day, 0:00:00")
+    assert hours_stored.query("SELECT count(*) FROM clickstream_detached") == [(0,)]

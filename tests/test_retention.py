@@ -383,3 +383,25 @@ def test_an_ingest_role_without_ddl_rights_still_gets_its_days(pipeline):
         with connect(pipeline.settings, autocommit=True) as owner:
             owner.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
             owner.execute(f"DROP ROLE {role}")
+
+
+def test_a_stopped_prune_ends_after_its_step_and_records_no_cutoff(pipeline):
+    """What the scheduler's stop does to its inline prune: the step in progress ends, the
+    rest stays for the next prune, and no cutoff is recorded for what was not removed."""
+    days = [CUTOFF - timedelta(days=n) for n in (3, 2, 1)]
+    with connect(pipeline.settings) as conn:
+        write_batch(conn, CleanBatch(views=[view(f"v-{d:%d}", d) for d in days]))
+    stop = threading.Event()
+    with connect(pipeline.settings, autocommit=True) as conn:
+        result = prune(
+            conn,
+            cutoffs(retained(pipeline, events=90).settings, NOW),
+            NOW,
+            on_step=lambda doomed: stop.set(),
+            stop=stop,
+        )
+    assert [d.partition.day for d in result.removed] == [days[0].date()]
+    assert pipeline.query("SELECT messageid FROM product_views ORDER BY 1") == [
+        (f"v-{d:%d}",) for d in days[1:]
+    ]
+    assert pipeline.query("SELECT count(*) FROM retention_cutoffs") == [(0,)]

@@ -30,7 +30,7 @@ from clickstream.config import Settings
 from clickstream.errors import Unavailable
 from clickstream.events import CleanBatch, RawEvent
 from clickstream.kafka.client import consumer_config, ensure_topics
-from clickstream.kafka.lag import PartitionLag, consumer_lag, describe
+from clickstream.kafka.lag import PartitionLag, consumer_lag, describe, known_lag
 from clickstream.kafka.records import raw_event
 from clickstream.metrics import IngestMetrics
 from clickstream.retry import retrying
@@ -177,6 +177,7 @@ class Ingestor:
             try:
                 self._consumer.commit(offsets=offsets, asynchronous=False)
                 self.metrics.committed()
+                self.metrics.consumer_lag_known(lambda: known_lag(self._consumer))
             except KafkaException as exc:
                 # The rows are durable; a failed commit only means a harmless redelivery.
                 log.warning("offset commit failed, the batch will be read again: %s", exc)

@@ -212,6 +212,13 @@ class IngestMetrics:
             return
         self._families.state.lag = {(t, p): lag for t, p, lag in lags if lag is not None}
 
+    def consumer_lag_known(self, read: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        """After each batch: update the partitions whose lag the consumer knows by itself
+        (`read`, no broker round trip), so a scrape soon after the start has a sample; the
+        progress line's full reading replaces them all."""
+        if self._families is not None:
+            self._families.state.lag.update({(t, p): lag for t, p, lag in read()})
+
 
 def retry_cause(exc: BaseException) -> str:
     """A short, bounded label: the SQLSTATE when the database gave one, else the error type."""

@@ -36,7 +36,7 @@ from pathlib import Path
 import psycopg
 
 from clickstream.config import Settings
-from clickstream.errors import ClickstreamError, Unavailable
+from clickstream.errors import ClickstreamError, DatabaseFault, Unavailable
 from clickstream.reports.hourly import ReportSummary, read_counts, write_counts
 from clickstream.reports.hours import HOUR, hours_between, last_complete_hour, suffix
 from clickstream.reports.queries import hour_totals
@@ -61,6 +61,7 @@ REPORT_DELAY = timedelta(minutes=2)
 LATE_WINDOW = timedelta(hours=24)
 PRUNE_EVERY = timedelta(days=1)
 _LOCK_ID = 0x636C6B72  # "clkr"
+_NO_PRIVILEGE = "42501"
 _PRIVILEGES = (
     "SELECT (and INSERT, UPDATE if it is report_runs; for the daily prune, ownership of the"
     " partitioned tables and DELETE on the key tables and dead_letters)"
@@ -157,9 +158,15 @@ def rereport(conn: psycopg.Connection, out_dir: Path, now: datetime) -> list[Rep
     return [_write_hour(conn, hour, out_dir, stale[hour]) for hour in sorted(stale)]
 
 
-def prune_pass(conn: psycopg.Connection, settings: Settings, now: datetime) -> None:
-    """Apply the retention settings (`conn` in autocommit mode) and log what went."""
-    result = prune(conn, cutoffs(settings, now), now)
+def prune_pass(
+    conn: psycopg.Connection,
+    settings: Settings,
+    now: datetime,
+    stop: threading.Event | None = None,
+) -> None:
+    """Apply the retention settings (`conn` in autocommit mode) and log what went; a `stop`
+    ends it between two steps."""
+    result = prune(conn, cutoffs(settings, now), now, stop=stop)
     for line in result.lines():
         log.info("pruned %s", line)
     statement, seconds = result.longest_statement
@@ -196,10 +203,10 @@ def run_every_hour(
                 with database_errors(role=conn.info.user, privileges=_PRIVILEGES):
                     for summary in report_pass(conn, out_dir, clock(), delay):
                         on_report(summary)
-                    now = clock()
-                    if pruned_at is None or now - pruned_at >= PRUNE_EVERY:
-                        prune_pass(conn, settings, now)
-                        pruned_at = now
+                now = clock()
+                if not stop.is_set() and (pruned_at is None or now - pruned_at >= PRUNE_EVERY):
+                    _daily_prune(conn, settings, now, stop)
+                    pruned_at = now
             except Unavailable as exc:
                 log.warning("%s; retrying in %g s, hours not yet reported stay due", exc, poll)
                 if conn is not None:
@@ -210,6 +217,20 @@ def run_every_hour(
     finally:
         if conn is not None and not conn.closed:
             conn.close()
+
+
+def _daily_prune(
+    conn: psycopg.Connection, settings: Settings, now: datetime, stop: threading.Event
+) -> None:
+    """The daily prune. A role that may not prune (not the tables' owner) is told once a
+    day, not at every pass: the reports go on, the prune waits for a role that may."""
+    try:
+        with database_errors(role=conn.info.user, privileges=_PRIVILEGES):
+            prune_pass(conn, settings, now, stop)
+    except DatabaseFault as exc:
+        if exc.sqlstate != _NO_PRIVILEGE:
+            raise
+        log.warning("%s; the daily prune is tried again in %s", exc, PRUNE_EVERY)
 
 
 def _locked_connection(settings: Settings) -> psycopg.Connection:

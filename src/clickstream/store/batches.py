@@ -34,8 +34,9 @@ log = logging.getLogger("clickstream.consume")
 # What the consumers' database sessions are called in pg_stat_activity.
 APPLICATION_NAME = "clickstream consume"
 
-# What a consumer's role needs on the event tables, named in a permission error's remedy.
-_PRIVILEGES = "INSERT, SELECT"
+# What a consumer's role needs on the event tables, named in a permission error's remedy:
+# UPDATE for the report counters and user_product_hours, which the ingest upserts.
+_PRIVILEGES = "INSERT, SELECT, UPDATE"
 
 
 def clean(settings: Settings, raw: list[RawEvent], now: datetime | None = None) -> CleanBatch:

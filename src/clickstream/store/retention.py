@@ -20,10 +20,11 @@ pruned hour from a damaged one.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from time import perf_counter, sleep
+from time import perf_counter
 
 import psycopg
 from psycopg import sql
@@ -172,7 +173,13 @@ def plan(conn: psycopg.Connection, limits: Cutoffs) -> list[Doomed]:
     return doomed
 
 
-def _delete_in_chunks(conn: psycopg.Connection, table: str, key: str, where: sql.Composed) -> int:
+def _delete_in_chunks(
+    conn: psycopg.Connection,
+    table: str,
+    key: str,
+    where: sql.Composed,
+    stop: threading.Event,
+) -> int:
     """DELETE the rows `where` picks, _CHUNK at a time, each chunk its own transaction.
 
     After each chunk it pauses (_PAUSE_FACTOR), so that however many rows a prune has to
@@ -186,12 +193,11 @@ def _delete_in_chunks(conn: psycopg.Connection, table: str, key: str, where: sql
         started = perf_counter()
         count = conn.execute(statement).rowcount
         deleted += count
-        if count < _CHUNK:
+        if count < _CHUNK or stop.wait((perf_counter() - started) * _PAUSE_FACTOR):
             return deleted
-        sleep((perf_counter() - started) * _PAUSE_FACTOR)
 
 
-def _delete_keys(conn: psycopg.Connection, table: str, cutoff: date) -> int:
+def _delete_keys(conn: psycopg.Connection, table: str, cutoff: date, stop: threading.Event) -> int:
     """The keys of the days before `cutoff`, one day at a time.
 
     An equality on the day lets each chunk walk the day's stretch of the index, where a
@@ -201,8 +207,10 @@ def _delete_keys(conn: psycopg.Connection, table: str, cutoff: date) -> int:
     oldest = sql.SQL("SELECT min(day) FROM {}").format(sql.Identifier(table))
     while (day := conn.execute(oldest).fetchone()[0]) is not None and day < cutoff:
         deleted += _delete_in_chunks(
-            conn, table, "messageid", sql.SQL("day = {}").format(sql.Literal(day))
+            conn, table, "messageid", sql.SQL("day = {}").format(sql.Literal(day)), stop
         )
+        if stop.is_set():
+            break
     return deleted
 
 
@@ -220,12 +228,15 @@ def prune(
     *,
     on_plan: Callable[[list[Doomed]], None] = lambda doomed: None,
     on_step: Callable[[Doomed], None] = lambda doomed: None,
+    stop: threading.Event | None = None,
 ) -> PruneResult:
     """Remove what `plan` lists; `conn` must be in autocommit mode.
 
     Partitions go first, then the keys of their days: between the two, a re-sent messageid
-    of a dropped day is still refused, never stored twice.
+    of a dropped day is still refused, never stored twice. A `stop` ends it after the step
+    or chunk in progress; the cutoffs are then not recorded (the next prune finishes).
     """
+    stop = stop or threading.Event()
     result = PruneResult(created=ensure_ahead(conn, now))
     for table in PARTITIONED:
         for name in finish_pending_detaches(conn, table):
@@ -233,19 +244,26 @@ def prune(
     doomed_all = plan(conn, limits)
     on_plan(doomed_all)
     for doomed in doomed_all:
+        if stop.is_set():
+            log.info("prune stopped: %d of %d items removed", len(result.removed), len(doomed_all))
+            return result
         if doomed.partition is not None:
             result.statements += drop_partition(conn, doomed.partition)
         elif doomed.table == "dead_letters":
             before = sql.SQL("received_at < {}").format(sql.Literal(limits.of("dead_letters")))
             result.rows_deleted[doomed.table] = _delete_in_chunks(
-                conn, "dead_letters", "id", before
+                conn, "dead_letters", "id", before, stop
             )
         else:
             cutoff = limits.of(_KEY_TABLES[doomed.table])
             assert cutoff is not None
-            result.rows_deleted[doomed.table] = _delete_keys(conn, doomed.table, cutoff.date())
+            result.rows_deleted[doomed.table] = _delete_keys(
+                conn, doomed.table, cutoff.date(), stop
+            )
         result.removed.append(doomed)
         on_step(doomed)
+    if stop.is_set():
+        return result
     for kind, cutoff in limits.by_kind.items():
         if cutoff is not None:
             conn.execute(
