@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -17,13 +19,17 @@ from test_realtime_api import send, view, wait_for
 from test_reports_generated import HOURS, _expected, _with_timestamps
 
 from clickstream.api.server import run_in_background
+from clickstream.event_time import format_timestamp
 from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.generate import generate, write_dataset
+from clickstream.ingest import Ingestor
 from clickstream.privacy import names_user, user_hash
 from clickstream.reports.hourly import write_reports
 from clickstream.reports.hours import parse_hour
 from clickstream.store.catalog import upsert_products
 from clickstream.store.db import connect
+from clickstream.store.erased import use_key
+from clickstream.store.erasure import erase_user
 from clickstream.store.recompute import differences
 from clickstream.store.writer import write_batch
 
@@ -197,3 +203,119 @@ def test_the_live_view_drops_an_erased_user_at_once_and_after_a_restart(pipeline
         wait_for(server, only_b)
     finally:
         server.stop()
+
+
+# -- under a live ingest ------------------------------------------------------------------------
+
+
+def _view_of(user: str, n: int, moment: datetime) -> bytes:
+    return orjson.dumps(
+        {
+            "event": "ProductView",
+            "messageid": f"{user}-live-{n}",
+            "userid": user,
+            "properties": {"productid": f"product-{n % 3}"},  # few (user, product, hour) rows
+            "context": {"source": "web"},
+            "timestamp": format_timestamp(moment),
+        }
+    )
+
+
+def _erased_outcome(topic: str) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"topic": topic, "outcome": "erased"}
+    return REGISTRY.get_sample_value("clickstream_ingest_events_total", labels) or 0.0
+
+
+def test_an_erasure_during_a_live_ingest_is_exact_and_the_backlog_is_skipped(pipeline):
+    """A consumer works through a backlog of the user's events (all from before the erasure)
+    and is still storing them when the erasure runs: it leaves no row of theirs, every
+    derived row agrees with the raw events, and each of their events is either erased from
+    the database or skipped at ingest (outcome `erased`), none stored after."""
+    p = with_key(pipeline)
+    settings = dataclasses.replace(
+        p.settings, ingest_batch_size=100, ingest_batch_wait_ms=20, ingest_metrics_port=1
+    )
+    now = datetime.now(UTC) - timedelta(seconds=30)
+    theirs = [_view_of(GONE, n, now + timedelta(milliseconds=n)) for n in range(8_000)]
+    others_ = [_view_of("user-36", n, now + timedelta(milliseconds=n)) for n in range(2_000)]
+    p.produce_views([line for pair in zip(theirs[:2_000], others_, strict=True) for line in pair])
+    p.produce_views(theirs[2_000:])
+    topic = settings.kafka_views_topic
+    skipped_before = _erased_outcome(topic)
+    ingestor = Ingestor(settings, p.bootstrap)
+    consumer = threading.Thread(target=ingestor.run, kwargs={"until_idle": 2.0})
+    consumer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while p.query("SELECT count(*) FROM product_views WHERE userid = %s", (GONE,)) < [(300,)]:
+            assert time.monotonic() < deadline and consumer.is_alive(), "nothing stored"
+            time.sleep(0.02)
+        with connect(p.settings, autocommit=True) as conn:
+            erasure = erase_user(conn, GONE, user_hash(KEY, GONE))
+    finally:
+        consumer.join(timeout=120)
+    assert not consumer.is_alive()
+    assert p.query("SELECT count(*) FROM product_views WHERE userid = %s", (GONE,)) == [(0,)]
+    assert p.query("SELECT count(*) FROM user_product_hours WHERE userid = %s", (GONE,)) == [(0,)]
+    assert p.query("SELECT count(*) FROM product_views WHERE userid = 'user-36'") == [(2_000,)]
+    with connect(p.settings, autocommit=True) as conn:
+        assert differences(conn) == []
+    removed = erasure.rows_removed["product_views"]
+    assert 0 < removed < len(theirs)  # the erasure came in the middle of the backlog
+    assert ingestor.stats.erased == len(theirs) - removed
+    assert ingestor.stats.views == removed + 2_000
+    assert _erased_outcome(topic) - skipped_before == len(theirs) - removed
+
+    # The summary line of a consumer started later says so too; a newer event is stored.
+    later = erasure.erased_at + timedelta(seconds=1)
+    old_and_new = [_view_of(GONE, n, now) for n in range(10_000, 10_005)]
+    p.produce_views([*old_and_new, _view_of(GONE, 10_010, later)], keep_timestamps=True)
+    result = p.cli("consume", "--until-idle", "1.5")
+    assert result.returncode == 0, result.stderr
+    assert "stored 1 views" in result.stdout
+    assert ", 5 events of erased users skipped," in result.stdout
+    assert p.query("SELECT messageid FROM product_views WHERE userid = %s", (GONE,)) == [
+        (f"{GONE}-live-10010",)
+    ]
+
+
+def test_a_redelivered_bad_record_of_an_erased_user_does_not_come_back(pipeline):
+    """Bad records naming the user (quoted, bare, as a number) received before the erasure
+    are skipped when delivered again; one received after it is a new dead letter."""
+    p = with_key(pipeline)
+    topic = p.settings.kafka_views_topic
+    before_ms = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)
+    payloads = [
+        b'{"event": "ProductView", "userid": "user-37", "properties"',
+        b'{"event": "ProductView", "userid": user-37, broken',
+        b'{"event": "ProductView", "messageid": "m-1", "userid": 37}',
+        b'{"event": "ProductView", "userid": user-370, broken',  # someone else
+    ]
+    raw = [RawEvent(Kind.VIEW, topic, 0, i, x, before_ms) for i, x in enumerate(payloads)]
+    with connect(p.settings, autocommit=True) as conn:
+        write_batch(conn, clean_batch(raw))
+        erase_user(conn, "user-37", user_hash(KEY, "user-37"))
+        erase_user(conn, "37", user_hash(KEY, "37"))
+        assert [bytes(x) for (x,) in conn.execute("SELECT payload FROM dead_letters")] == [
+            payloads[3]
+        ]
+        use_key(conn, KEY, p.settings.kinds)
+        again = write_batch(conn, clean_batch(raw))  # redelivered, from before the erasures
+        assert (again.dead_letters, again.erased_views) == (0, 3)
+        after_ms = int((datetime.now(UTC) + timedelta(seconds=1)).timestamp() * 1000)
+        later = write_batch(
+            conn, clean_batch([raw[0]._replace(offset=9, kafka_timestamp_ms=after_ms)])
+        )
+        assert (later.dead_letters, later.erased_views) == (1, 0)
+
+
+def test_names_user_finds_numbers_and_bare_ids_exactly():
+    assert names_user(b'{"userid": 37}', "37")
+    assert not names_user(b'{"userid": 370, "orderid": 137}', "37")
+    assert names_user(b'{"userid": 37, broken', "37")
+    assert not names_user(b'{"messageid": "m-37", broken', "37")
+    assert names_user(b'{"userid": user-37, broken', "user-37")
+    assert names_user(b"userid=user-37;", "user-37")
+    assert not names_user(b'{"userid": user-370, broken', "user-37")

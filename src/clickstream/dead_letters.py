@@ -32,6 +32,7 @@ from clickstream.event_time import to_epoch_ms
 from clickstream.events import CleanBatch, Kind, RawEvent, Reason
 from clickstream.store import dead_letters as store
 from clickstream.store.batches import clean
+from clickstream.store.erased import use_key
 from clickstream.store.faults import database_errors
 from clickstream.store.writer import write_batch
 
@@ -167,6 +168,7 @@ def replay(
     """Replay the pending dead letters of `selection`, a chunk per transaction (`conn` in
     autocommit mode, so that each chunk commits on its own)."""
     summary = ReplaySummary()
+    use_key(conn, settings.privacy_hash_key, settings.kinds)
     after = 0
     while True:
         with conn.transaction():

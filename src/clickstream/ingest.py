@@ -46,7 +46,16 @@ SPARE_MEMBER_SECONDS = 30.0
 
 
 # IngestStats' plain counters, which add up across consumers.
-COUNTS = ("consumed", "views", "order_lines", "orders", "dead_letters", "duplicates", "retries")
+COUNTS = (
+    "consumed",
+    "views",
+    "order_lines",
+    "orders",
+    "dead_letters",
+    "duplicates",
+    "erased",
+    "retries",
+)
 
 
 @dataclass
@@ -63,6 +72,7 @@ class IngestStats:
     orders: int = 0
     dead_letters: int = 0
     duplicates: int = 0
+    erased: int = 0  # events of erased users skipped (store/erased.py)
     batches: int = 0
     retries: int = 0
     replaced_times: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -74,6 +84,7 @@ class IngestStats:
         self.orders += batch.orders
         self.dead_letters += written.dead_letters
         self.duplicates += written.duplicates
+        self.erased += written.erased_views + written.erased_orders
         self.batches += 1
         self.replaced_times.update(batch.replaced_times)
 
@@ -320,12 +331,13 @@ def log_progress(stats: IngestStats, last: tuple[int, float], lag: str) -> tuple
     now = time.monotonic()
     log.info(
         "%d events/s; stored %d views, %d order lines, %d dead letters, %d duplicates"
-        " skipped, %s; lag %s",
+        " skipped, %d events of erased users skipped, %s; lag %s",
         (stats.consumed - consumed) / max(now - at, 1e-9),
         stats.views,
         stats.order_lines,
         stats.dead_letters,
         stats.duplicates,
+        stats.erased,
         stats.replaced_times_text(),
         lag,
     )

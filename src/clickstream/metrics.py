@@ -74,7 +74,8 @@ class _IngestFamilies:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.events = Counter(
             "clickstream_ingest_events",
-            "Kafka records consumed, by outcome: stored, duplicate or dead_letter",
+            "Kafka records consumed, by outcome: stored, duplicate, dead_letter or erased (an"
+            " erased user's event from before the erasure, skipped)",
             ["topic", "outcome"],
             registry=registry,
         )
@@ -182,12 +183,17 @@ class IngestMetrics:
         for (topic, code), count in Tally(written.dead_letter_reasons).items():
             families.dead_letters.labels(topic, code).inc(count)
         stored = {self._views_topic: written.views, self._orders_topic: written.orders}
+        erased = {
+            self._views_topic: written.erased_views,
+            self._orders_topic: written.erased_orders,
+        }
         events = families.events
         for topic, count in records.items():
-            kept = stored.get(topic, 0)
+            kept, gone = stored.get(topic, 0), erased.get(topic, 0)
             events.labels(topic, "stored").inc(kept)
             events.labels(topic, "dead_letter").inc(dead[topic])
-            events.labels(topic, "duplicate").inc(max(count - kept - dead[topic], 0))
+            events.labels(topic, "erased").inc(gone)
+            events.labels(topic, "duplicate").inc(max(count - kept - dead[topic] - gone, 0))
         families.batches.inc()
         families.batch_seconds.observe(seconds)
         state = families.state

@@ -9,14 +9,16 @@ recognise the erased user among the ids it holds.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 
 import orjson
 
-__all__ = ["needles", "names_user", "user_hash"]
+__all__ = ["named_ids", "names_user", "needles", "user_hash"]
 
 
 def user_hash(key: str, userid: str) -> str:
@@ -35,9 +37,18 @@ def needles(userid: str) -> list[bytes]:
     return sorted(forms)
 
 
+# What may border an id written without quotes in a payload that is not JSON: the end, white
+# space, quotes or JSON punctuation. `user-3` in `user-30` or `m-37` is not `37`.
+_EDGE = rb"\s\"'{}\[\],:=;"
+_TOKEN = re.compile(rb"[^" + _EDGE + rb"]+")
+_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"')
+
+
 def _mentions(value: Any, userid: str) -> bool:
     if type(value) is str:
         return value == userid
+    if type(value) is int:  # "userid": 37
+        return str(value) == userid
     if type(value) is dict:
         return any(k == userid or _mentions(v, userid) for k, v in value.items())
     if type(value) is list:
@@ -46,13 +57,53 @@ def _mentions(value: Any, userid: str) -> bool:
 
 
 def names_user(payload: bytes, userid: str) -> bool:
-    """True when the payload names the user: in JSON, any string equal to the id (a key or a
-    value, at any depth); in anything that is not JSON, the id between double quotes.
+    """True when the payload names the user: in JSON, any string or integer equal to the id
+    (a key or a value, at any depth); in anything that is not JSON, the id between quotes
+    or written bare, bordered by white space, quotes or punctuation (`{"userid": user-37,`).
 
     Exact, not a substring: erasing `user-3` keeps the payloads of `user-30`.
     """
     try:
         document = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return any(b'"' + needle + b'"' in payload for needle in needles(userid))
+        return any(
+            re.search(
+                rb"(?<![^" + _EDGE + rb"])" + re.escape(needle) + rb"(?![^" + _EDGE + rb"])",
+                payload,
+            )
+            for needle in needles(userid)
+        )
     return _mentions(document, userid)
+
+
+def _strings(value: Any, found: set[str]) -> None:
+    if type(value) is str:
+        found.add(value)
+    elif type(value) is int:
+        found.add(str(value))
+    elif type(value) is dict:
+        found.update(value)
+        for item in value.values():
+            _strings(item, found)
+    elif type(value) is list:
+        for item in value:
+            _strings(item, found)
+
+
+def named_ids(payload: bytes) -> set[str]:
+    """Every id the payload may name, as `names_user` finds them: in JSON its strings and
+    integers; otherwise its quoted strings and its bare words. What the ingest hashes to
+    recognise a bad record of an erased user."""
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        found = set()
+        for raw in (*_QUOTED.findall(payload), *_TOKEN.findall(payload)):
+            text = raw.decode("utf-8", "replace")
+            found.add(text)
+            with contextlib.suppress(orjson.JSONDecodeError):
+                found.add(orjson.loads(b'"' + raw + b'"'))
+        return found
+    found: set[str] = set()
+    _strings(document, found)
+    return found

@@ -58,7 +58,7 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
         f"consumed {stats.consumed:,} events in {took:.1f}s: stored {stats.views:,} views and"
         f" {stats.order_lines:,} order lines of {stats.orders:,} orders,"
         f" {stats.dead_letters:,} dead letters, {stats.duplicates:,} duplicates skipped,"
-        f" {stats.replaced_times_text()}"
+        f" {stats.erased:,} events of erased users skipped, {stats.replaced_times_text()}"
     )
     return 0
 

@@ -66,8 +66,8 @@ def cmd_forget_user(settings: Settings, args: argparse.Namespace) -> int:
             " `clickstream report --hour H` rewrites any other"
         )
     print(
-        "not erased: the raw events on the Kafka topics until their retention ends;"
-        " events of this user not yet consumed are stored when they are"
+        "not erased: the raw events on the Kafka topics until their retention ends; the"
+        " consumers skip those from before this erasure (outcome erased)"
     )
     return 0
 
@@ -81,7 +81,8 @@ def register(sub) -> None:
         "Remove the user's views, order lines, derived rows (user_product_hours, report_buyers)"
         " and the dead letters whose payload names them, and take their contribution out of"
         " the report counters, so that a rerun of any hour's report equals one computed as if"
-        " the user had never existed; all in one transaction. Records an audit row with a"
+        " the user had never existed; all in one transaction, which pauses the ingest while it"
+        " runs, so it is exact under a live consumer. Records an audit row with a"
         " keyed hash of the id (privacy.hash_key), never the id. The live view drops the user"
         " at once. Asks for confirmation on a terminal; without one it needs --yes.",
     )

@@ -23,6 +23,7 @@ from clickstream.events import CleanBatch, RawEvent, clean_batch
 from clickstream.retry import retrying
 from clickstream.store import schema
 from clickstream.store.db import connect
+from clickstream.store.erased import use_key
 from clickstream.store.faults import database_errors
 from clickstream.store.refusals import store_around_refusals
 from clickstream.store.writer import WriteResult, write_batch
@@ -112,6 +113,7 @@ class BatchStore:
         find the events it refuses. Inside an open transaction, the batch is a savepoint."""
         conn = self.connection
         assert conn is not None
+        use_key(conn, self.settings.privacy_hash_key, self.settings.kinds)
         try:
             with self.errors(writing_events=True):
                 return write_batch(conn, batch)

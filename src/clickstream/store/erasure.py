@@ -1,16 +1,17 @@
 """`clickstream forget-user`: a user's rows out of every table, their counts out of the
 report counters, and an audit row, in one transaction.
 
-The deletions and the counter updates are one statement, so they share one snapshot: the
-rows a consumer batch commits meanwhile are not seen, and stay, as if they had arrived just
-after the erasure (a user still active can be erased again). Counters are decreased by
+The transaction first closes the ingest's gate (store/erased.py): the batches in flight
+commit before it reads, and the next wait until it commits, so no batch can store a row of
+the user the erasure does not see, or touch a derived row it removes; the ingest pauses
+while an erasure runs. Its record's time is its end: the user's events still on the topics
+with an earlier event time are skipped when consumed, never stored again. Counters are decreased by
 exactly what was deleted, so a counter a batch raised meanwhile keeps that batch's part:
 the user's view events and order lines, and one distinct viewer or buyer per (hour,
 product) row of `user_product_hours` / `report_buyers` removed. A counter row left at zero
 is deleted, so a report rerun is the one computed as if the user had never existed.
 Finding the rows scans `product_views` and `order_lines` (no index by user: it would cost
-every ingested event for the sake of a rare request); it runs alongside the ingest, holding
-row locks only on the rows it removes.
+every ingested event for the sake of a rare request).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import psycopg
 
 from clickstream.privacy import names_user, needles
 from clickstream.store.derived import hour_bin
+from clickstream.store.erased import close_gate
 
 __all__ = ["CHANNEL", "Erasure", "erase_user"]
 
@@ -105,6 +107,7 @@ def _dead_letters_naming(cur: psycopg.Cursor, userid: str) -> list[int]:
 def erase_user(conn: psycopg.Connection, userid: str, hashed: str) -> Erasure:
     """Erase the user, record the erasure under `hashed`, tell listeners; one transaction."""
     with conn.transaction(), conn.cursor() as cur:
+        close_gate(cur)
         dead = _dead_letters_naming(cur, userid)
         row = cur.execute(_ERASE, {"u": userid, "dead": dead}).fetchone()
         views, lines, viewed, bought, dead_count, v_hours, v_products, o_hours, o_products = row
@@ -125,8 +128,8 @@ def erase_user(conn: psycopg.Connection, userid: str, hashed: str) -> Erasure:
             )
             removed[table] = cur.rowcount
         erasure_id, erased_at = cur.execute(
-            "INSERT INTO erasures (user_hash, rows_removed) VALUES (%s, %s)"
-            " RETURNING id, erased_at",
+            "INSERT INTO erasures (user_hash, rows_removed, erased_at)"
+            " VALUES (%s, %s, clock_timestamp()) RETURNING id, erased_at",
             (hashed, orjson.dumps(removed).decode()),
         ).fetchone()
         cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(erasure_id)))

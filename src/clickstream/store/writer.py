@@ -31,6 +31,7 @@ import psycopg
 
 from clickstream.events import CleanBatch
 from clickstream.store.derived import ORDER_LINE_DERIVATIONS, VIEW_DERIVATIONS, Derivation
+from clickstream.store.erased import skip_erased
 from clickstream.store.partitions import ensure_days
 
 __all__ = ["NOTHING_WRITTEN", "WriteResult", "copy_views", "write_batch"]
@@ -126,15 +127,19 @@ _MERGE_DEAD_LETTERS = (
 
 class WriteResult(NamedTuple):
     """What one write stored: rows new to the database, dead letters, duplicates skipped;
-    the orders those lines belong to and each new dead letter's (topic, reason code), which
-    the consumer's metrics count. Results add up field by field with `plus` (the reasons
-    concatenate)."""
+    the orders those lines belong to, the events of erased users skipped, and each new dead
+    letter's (topic, reason code), which the consumer's metrics count. Results add up field
+    by field with `plus` (the reasons concatenate)."""
 
     views: int
     order_lines: int
     dead_letters: int
     duplicates: int
     orders: int = 0
+    # Events of erased users skipped (store/erased.py): before the reasons, which a Spark
+    # task's report sends last.
+    erased_views: int = 0
+    erased_orders: int = 0
     dead_letter_reasons: tuple[tuple[str, str], ...] = ()
 
     def plus(self, other: WriteResult) -> WriteResult:
@@ -259,6 +264,7 @@ def _write_batch(conn: psycopg.Connection, batch: CleanBatch) -> WriteResult:
     reasons: list[tuple[str, str]] = []
     nested = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
     with conn.transaction(), conn.cursor() as cur:
+        batch, erased = skip_erased(cur, batch)
         for statement in _STAGING:
             cur.execute(statement)
         if batch.views:
@@ -280,4 +286,6 @@ def _write_batch(conn: psycopg.Connection, batch: CleanBatch) -> WriteResult:
             for table in ("product_views", "order_lines", "dead_letters"):
                 cur.execute(f"DELETE FROM stage_{table}")
     duplicates = len(batch.views) - views + len(batch.order_lines) - order_lines
-    return WriteResult(views, order_lines, len(reasons), duplicates, orders, tuple(reasons))
+    return WriteResult(
+        views, order_lines, len(reasons), duplicates, orders, *erased.counts, tuple(reasons)
+    )
