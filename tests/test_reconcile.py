@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
+
 from clickstream.event_time import format_timestamp
 from clickstream.events import CleanBatch, OrderLineRow, ViewRow
-from clickstream.reconcile import Window, windows
+from clickstream.reconcile import Window, repair, windows
 from clickstream.store.db import connect
-from clickstream.store.recompute import DERIVED_TABLES
+from clickstream.store.recompute import DERIVED_TABLES, differences
 from clickstream.store.retention import cutoffs, prune
 from clickstream.store.writer import write_batch
 
@@ -128,3 +130,44 @@ def test_hours_split_into_pruned_counters_only_and_everything():
         None,
         [Window(day(6), day(7), tuple(t.name for t in DERIVED_TABLES))],
     )
+
+
+def test_a_repair_sees_a_batch_a_consumer_committed_after_the_check(pipeline):
+    """Damage as a lost batch leaves it (a user_product_hours row gone, its viewer taken
+    off the counter). A consumer stores a view of that (user, product, hour) after the check
+    found the damage and before the repair: the batch itself restores the row and raises the
+    counter, and the repair, which checks the hour again with the ingest held, must not
+    raise it a second time."""
+    with connect(pipeline.settings) as conn:
+        write_batch(conn, views_and_orders(H2, "b"))
+        conn.execute(
+            "DELETE FROM user_product_hours"
+            " WHERE userid = 'user-2' AND productid = 'product-0' AND hour = %s",
+            (H2,),
+        )
+        conn.execute(
+            "UPDATE report_view_hours SET viewers = viewers - 1"
+            " WHERE hour = %s AND productid = 'product-0'",
+            (H2,),
+        )
+        conn.commit()
+    with connect(pipeline.settings, autocommit=True) as conn:
+        found = differences(conn)
+        assert {d.table for d in found} == {"user_product_hours", "report_view_hours"}
+        event = {
+            "event": "ProductView",
+            "messageid": "late-b",
+            "userid": "user-2",
+            "properties": {"productid": "product-0"},
+            "context": {"source": "web"},
+            "timestamp": format_timestamp(H2 + timedelta(minutes=30)),
+        }
+        pipeline.produce_views([orjson.dumps(event)], keep_timestamps=True)
+        assert pipeline.consume().views == 1  # a real consumer, between check and repair
+        repaired = repair(conn, found)
+        assert differences(conn) == []
+    assert repaired == {H2: 0}  # the batch repaired it: nothing left to do
+    assert pipeline.query(
+        "SELECT views, viewers FROM report_view_hours WHERE hour = %s AND productid = 'product-0'",
+        (H2,),
+    ) == [(4, 3)]

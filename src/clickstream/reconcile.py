@@ -5,10 +5,12 @@ sets apart those whose raw events retention removed (they cannot be checked, and
 counters are kept on purpose), prints each difference and, with `--fix`, repairs them one
 hour per transaction.
 
-Repairs are written so that they stay right while the ingest runs: a counter is moved by the
-difference found (`views = views + recomputed - stored`), never overwritten, so an increment
-a batch commits meanwhile is kept; a row is changed or deleted only if it still holds the
-value that was found wrong.
+Repairs stay right while the ingest runs. Each hour's repair transaction first closes the
+ingest's gate (store/erased.py): the batches in flight commit, the next wait, and the hour's
+differences are found again under it, so a batch that committed between the check and the
+repair (and fixed a missing row itself, raising its counter) is seen, never counted twice.
+A counter is moved by the difference (`views = views + recomputed - stored`), never
+overwritten; a row is changed or deleted only if it still holds the value found wrong.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from clickstream.config import Settings
 from clickstream.event_time import format_timestamp
 from clickstream.reports.hours import HOUR, suffix
 from clickstream.store.db import connect
+from clickstream.store.erased import close_gate
 from clickstream.store.recompute import DERIVED_TABLES, Difference, differences
 from clickstream.store.retention import pruned_before
 
@@ -152,15 +155,20 @@ def _upsert(name: sql.Identifier, keys: list, columns: list, action: sql.Composa
 
 
 def repair(conn: psycopg.Connection, found: list[Difference]) -> dict[datetime, int]:
-    """Apply the differences, one transaction per hour; return how many per hour."""
-    by_hour: dict[datetime, list[Difference]] = defaultdict(list)
+    """Repair the hours of these differences, one transaction per hour, each checked again
+    with the ingest held (module doc); return how many were repaired per hour."""
+    tables: dict[datetime, set[str]] = defaultdict(set)
     for diff in found:
-        by_hour[_hour_of(diff)].append(diff)
-    for hour in sorted(by_hour):
-        with conn.transaction():
-            for diff in by_hour[hour]:
+        tables[_hour_of(diff)].add(diff.table)
+    repaired = {}
+    for hour in sorted(tables):
+        with conn.transaction(), conn.cursor() as cur:
+            close_gate(cur)
+            now = differences(conn, (hour, hour + HOUR), tuple(sorted(tables[hour])))
+            for diff in now:
                 _repair_one(conn, diff)
-    return {hour: len(diffs) for hour, diffs in by_hour.items()}
+        repaired[hour] = len(now)
+    return repaired
 
 
 _TIMES = (
@@ -233,7 +241,7 @@ def run_reconcile(
         if not found or not fix:
             return 1 if found else 0
         repaired = repair(conn, found)
-        print(f"repaired {len(found):,} differences in {len(repaired):,} hours")
+        print(f"repaired {sum(repaired.values()):,} differences in {len(repaired):,} hours")
         remaining = _check(conn, [w for w in checkable if _touches(w, repaired)])
         for diff in remaining:
             print(f"still different: {describe(diff)}")
