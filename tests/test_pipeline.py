@@ -29,8 +29,19 @@ def test_every_valid_event_stored_once_every_invalid_one_dead_lettered(request, 
 
     views, lines = _expected(dataset)
     assert stats.views == len(views)
+    # counts and distinct counts: a set alone would not see a row stored twice
+    assert p.query("SELECT count(*), count(DISTINCT messageid) FROM product_views") == [
+        (len(views), len(views))
+    ]
     assert {m for (m,) in p.query("SELECT messageid FROM product_views")} == views
-    assert p.query("SELECT count(*) FROM order_lines") == [(lines,)]
+    orders = {orjson.loads(o)["messageid"] for o in dataset.orders}
+    assert p.query(
+        "SELECT count(*), count(DISTINCT (messageid, line)), count(DISTINCT messageid)"
+        " FROM order_lines"
+    ) == [(lines, lines, len(orders))]
+    assert p.query("SELECT count(*), count(DISTINCT messageid) FROM view_messageids") == [
+        (len(views), len(views))
+    ]
     reasons = sorted(r for (r,) in p.query("SELECT reason FROM dead_letters"))
     assert reasons == [
         "bad-json: invalid literal, expected 'null': line 1 column 1 (char 0)",
