@@ -198,17 +198,27 @@ def run_through_fault(
             totals[topic] += offset
         return totals == sent
 
+    def sample() -> Offsets:
+        """While the database cannot be read, nothing can be stored either: the offsets are
+        checked against what was stored when the fault began."""
+        if queryable:
+            return h.sample()
+        offsets = p.committed()
+        h.samples.append((offsets, *stored_before))
+        return offsets
+
     try:
         send(*parts[0])
         wait_for(all_committed, 60, "part 1 to be stored and committed")
+        stored_before = h.stored()  # nothing in flight: part 1 is committed, part 2 not sent
         apply()
         retries = ingestor.stats.retries
         send(*parts[1])
         wait_for(lambda: ingestor.stats.retries >= retries + 1, 60, "the consumer to retry")
-        held = h.sample() if queryable else p.committed()
+        held = sample()
         wait_for(lambda: ingestor.stats.retries >= retries + tries, 60, "more retries")
         assert thread.is_alive(), thread.error
-        during = h.sample() if queryable else p.committed()
+        during = sample()
         if lasting:
             assert during == held, "offsets were committed while the fault held"
         undo()
