@@ -167,7 +167,10 @@ def test_prune_dry_run_lists_and_the_command_removes(pipeline):
 
 
 def test_ingest_keeps_running_while_prune_runs(pipeline):
-    """Produce and consume in threads while prune drops 30 old days: each event once."""
+    """Produce and consume in threads while prune drops 30 old days: each event once.
+
+    The two provably overlap: the prune's first drop waits until the ingest has stored more
+    events after the prune planned, and what was stored while the prune ran is checked."""
     settings = dataclasses.replace(
         pipeline.settings, ingest_batch_size=500, ingest_batch_wait_ms=50
     )
@@ -192,31 +195,46 @@ def test_ingest_keeps_running_while_prune_runs(pipeline):
     producer = threading.Thread(
         target=Pipeline(settings, pipeline.bootstrap).produce_views,
         args=(lines,),
-        kwargs={"rate": None},
+        kwargs={"rate": 4_000},  # five seconds of traffic
     )
     ingestor = Ingestor(settings, pipeline.bootstrap)
     consumer = threading.Thread(target=ingestor.run, kwargs={"until_idle": 3.0})
+    new = "SELECT count(*) FROM view_messageids WHERE day > %s"
+    recent = (now.date() - timedelta(days=1),)
     consumer.start()
     producer.start()
-    # Prune once the ingest is storing (or after a while: the assertions hold either way).
     with psycopg.connect(settings.database_url, autocommit=True) as probe:
         for _ in range(1200):
-            if probe.execute(
-                "SELECT count(*) > 0 FROM view_messageids WHERE day > %s",
-                (now.date() - timedelta(days=1),),
-            ).fetchone()[0]:
+            if probe.execute(new, recent).fetchone()[0]:
                 break
             threading.Event().wait(0.05)
-    with connect(settings, autocommit=True) as conn:
-        result = prune(conn, cutoffs(settings, now), now)
+        counts: dict[str, int] = {}
+
+        def planned(doomed) -> None:
+            counts["planned"] = probe.execute(new, recent).fetchone()[0]
+
+        def stepped(doomed) -> None:
+            if "first step" in counts:
+                return
+            for _ in range(600):  # the ingest stores more while the prune is under way
+                counts["first step"] = probe.execute(new, recent).fetchone()[0]
+                if counts["first step"] > counts["planned"]:
+                    return
+                threading.Event().wait(0.01)
+
+        with connect(settings, autocommit=True) as conn:
+            result = prune(conn, cutoffs(settings, now), now, on_plan=planned, on_step=stepped)
+        counts["done"] = probe.execute(new, recent).fetchone()[0]
     producer.join()
     consumer.join()
 
+    assert counts["planned"] < counts["first step"] <= counts["done"] < len(ids), counts
     assert len([r for r in result.removed if r.table == "product_views"]) == 30
     stored = pipeline.query("SELECT messageid, count(*) FROM product_views GROUP BY 1")
     assert {m for m, _ in stored} == set(ids)
     assert all(count == 1 for _, count in stored)
     assert pipeline.query("SELECT count(*) FROM dead_letters") == [(0,)]
+    assert pipeline.query("SELECT count(*) FROM view_messageids") == [(len(ids),)]
     assert ingestor.stats.views == len(ids)
 
 
