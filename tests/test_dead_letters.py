@@ -4,13 +4,19 @@ exported to fix by hand and sent back."""
 from __future__ import annotations
 
 import dataclasses
+import re
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 
 import orjson
+import psycopg
 import pytest
-from conftest import Pipeline
+from conftest import Pipeline, settings_env
 
-from clickstream.dead_letters import ndjson_line, replay
+from clickstream.dead_letters import CHUNK, ndjson_line, replay
 from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.printable import preview
 from clickstream.store.db import connect
@@ -301,3 +307,93 @@ def test_replay_asks_the_key_tables_and_keys_agree_with_rows(arrived):
     assert p.query(
         "SELECT messageid, (viewed_at AT TIME ZONE 'UTC')::date FROM product_views ORDER BY 1"
     ) == p.query("SELECT messageid, day FROM view_messageids ORDER BY 1")
+
+
+# -- concurrent and interrupted replays ----------------------------------------------------------
+
+MANY = 5_000  # oversize dead letters: three chunks of a replay
+
+
+def _many_oversize(p: Pipeline) -> Pipeline:
+    """MANY oversize views dead-lettered (each a distinct event; every tenth user the same
+    product, so the derived tables and counters see repeats); the settings that replay them."""
+    topic = p.settings.kafka_views_topic
+    raw = [
+        RawEvent(Kind.VIEW, topic, n % 4, n, view(f"m-{n}", f"user-{n % 50}", "p-1", 400), None)
+        for n in range(MANY)
+    ]
+    with connect(p.settings, autocommit=True) as conn:
+        written = write_batch(conn, clean_batch(raw, max_event_bytes=SMALL))
+    assert written.dead_letters == MANY
+    return Pipeline(dataclasses.replace(p.settings, ingest_max_event_bytes=65536), p.bootstrap)
+
+
+def _replay_process(p: Pipeline) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "clickstream", "dead-letters", "replay"],
+        env=settings_env(p.settings),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stored_exactly_once(p: Pipeline) -> None:
+    assert p.query("SELECT count(*), count(DISTINCT messageid) FROM product_views") == [
+        (MANY, MANY)
+    ]
+    assert p.query("SELECT replay_outcome, count(*) FROM dead_letters GROUP BY 1") == [
+        ("stored", MANY)
+    ]
+    with connect(p.settings, autocommit=True) as conn:
+        assert differences(conn) == []
+    assert p.query("SELECT sum(views)::int, sum(viewers)::int FROM report_view_hours") == [
+        (MANY, 50)
+    ]
+
+
+def test_two_replays_at_once_store_each_event_once(pipeline):
+    """Two processes replay the same dead letters at the same time: they share them out
+    (each takes what the other has not locked), and every event is stored once."""
+    raised = _many_oversize(pipeline)
+    first, second = _replay_process(raised), _replay_process(raised)
+    outputs = [process.communicate(timeout=300) for process in (first, second)]
+    assert (first.returncode, second.returncode) == (0, 0), outputs
+    stored = 0
+    for stdout, _ in outputs:
+        found = re.search(r"replayed [\d,]+ dead letters: ([\d,]+) stored", stdout)
+        stored += int(found.group(1).replace(",", "")) if found else 0
+    assert stored == MANY, outputs
+    _stored_exactly_once(raised)
+
+
+def test_a_replay_killed_in_the_middle_of_a_chunk_then_run_again_stores_each_once(pipeline):
+    """SIGKILL while a chunk's transaction is open (held on a key the test locks): nothing
+    of that chunk is committed, and the next replay stores every event exactly once."""
+    raised = _many_oversize(pipeline)
+    with psycopg.connect(raised.settings.database_url) as blocker:
+        # An uncommitted key of one event of the second chunk: that chunk's write waits on it.
+        blocker.execute("INSERT INTO view_messageids (messageid, day) VALUES ('m-2500', now())")
+        killed = _replay_process(raised)
+        try:
+            deadline = time.monotonic() + 120
+            while not raised.query(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            )[0][0]:
+                assert killed.poll() is None, killed.communicate()
+                assert time.monotonic() < deadline, "the replay never reached the locked key"
+                time.sleep(0.05)
+            killed.send_signal(signal.SIGKILL)
+            killed.communicate(timeout=30)
+        finally:
+            if killed.poll() is None:
+                killed.kill()
+        blocker.rollback()
+    first_chunk = raised.query("SELECT count(*) FROM product_views")[0][0]
+    assert first_chunk == CHUNK  # the chunk before the killed one was committed
+    result = raised.cli("dead-letters", "replay")
+    assert result.returncode == 0, result.stderr
+    assert f"{MANY - first_chunk:,} stored" in result.stdout
+    _stored_exactly_once(raised)
