@@ -1,7 +1,7 @@
 """The ingest's side of an erasure: a gate the writers share and an erasure closes, and the
 events of erased users that are still on the topics, skipped.
 
-**The gate.** Each batch transaction takes a shared advisory lock (`share_gate`); an erasure
+**The gate.** Each batch transaction takes a shared advisory lock (`skip_erased`); an erasure
 or a `reconcile --fix` takes it exclusively (`close_gate`) for its transaction. So the batch
 transactions in flight commit before the erasure starts (it sees their rows and deletes
 them), and the next ones wait until it commits (they see its record). Nothing of the user
@@ -34,7 +34,7 @@ from clickstream.event_time import format_timestamp
 from clickstream.events import CleanBatch, Kind
 from clickstream.privacy import named_ids, user_hash
 
-__all__ = ["Skipped", "close_gate", "share_gate", "skip_erased", "use_key"]
+__all__ = ["Skipped", "close_gate", "skip_erased", "use_key"]
 
 log = logging.getLogger("clickstream.consume")
 
@@ -70,11 +70,6 @@ def use_key(conn: psycopg.Connection, key: str | None, kinds: Mapping[str, Kind]
     _settings[conn] = (key, kinds)
 
 
-def share_gate(cur: psycopg.Cursor) -> None:
-    """Enter the gate for this transaction: an erasure waits for it, or it for an erasure."""
-    cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_GATE,))
-
-
 def close_gate(cur: psycopg.Cursor) -> None:
     """Close the gate for this transaction: in-flight batches first commit, new ones wait."""
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_GATE,))
@@ -85,10 +80,17 @@ def _hash(key: str, userid: str) -> str:
     return user_hash(key, userid)
 
 
+# Enter the gate, then (a statement of its own, so a snapshot taken once the gate is open:
+# an erasure that held it is seen) ask for the newest erasure; one round trip.
+_ENTER = f"SELECT pg_advisory_xact_lock_shared({_GATE}); SELECT coalesce(max(id), 0) FROM erasures"
+
+
 def _erased(cur: psycopg.Cursor) -> dict[str, str]:
-    """The erased hashes, read again only when an erasure was recorded since."""
+    """Enter the gate; the erased hashes, read again only when an erasure was recorded since."""
     conn = cur.connection
-    (last,) = cur.execute("SELECT coalesce(max(id), 0) FROM erasures").fetchone()
+    cur.execute(_ENTER)
+    cur.nextset()
+    (last,) = cur.fetchone()
     known = _known.get(conn)
     if known is None or known.last_id != last:
         rows = cur.execute("SELECT user_hash, max(erased_at) FROM erasures GROUP BY 1")
@@ -101,7 +103,6 @@ def skip_erased(cur: psycopg.Cursor, batch: CleanBatch) -> tuple[CleanBatch, Ski
     """Enter the gate, and take out of the batch the events erased users had before their
     erasure. Called first in the batch's transaction."""
     global _warned
-    share_gate(cur)
     erased = _erased(cur)
     if not erased:
         return batch, Skipped()
