@@ -114,10 +114,27 @@ def test_every_setting_can_be_set_from_the_environment():
         "spark.source": "kafka",
         "spark.sink": "tasks",
         "spark.commit_offsets": "no",
+        "kafka.security_protocol": "sasl_ssl",
+        "kafka.sasl_mechanism": "scram-sha-512",
+        "kafka.options": "client.id=clicks,socket.keepalive.enable=true",
+    }
+    # settings that only make sense with others
+    sasl = {
+        "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS": "k:9093",
+        "CLICKSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "CLICKSTREAM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+        "CLICKSTREAM_KAFKA_SASL_USERNAME": "u",
+        "CLICKSTREAM_KAFKA_SASL_PASSWORD": "p",
+    }
+    companions = {
+        "kafka.security_protocol": sasl,
+        "kafka.sasl_mechanism": sasl,
+        "kafka.ssl_cert_file": {"CLICKSTREAM_KAFKA_SSL_KEY_FILE": "/key.pem"},
+        "kafka.ssl_key_file": {"CLICKSTREAM_KAFKA_SSL_CERT_FILE": "/cert.pem"},
     }
     for setting in SETTINGS:
         value = samples.get(setting.key, "7")
-        settings = load_settings(env={setting.env: value})
+        settings = load_settings(env={**companions.get(setting.key, {}), setting.env: value})
         parsed = getattr(settings, setting.attr)
         expected = setting.parse(value)
         if setting.key in ("data_dir", "reports_dir"):

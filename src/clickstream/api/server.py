@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import threading
@@ -56,10 +57,13 @@ def _export(settings: Settings) -> None:
         os.environ["CLICKSTREAM_CONFIG"] = settings.source
     for setting in SETTINGS:
         value = getattr(settings, setting.attr)
+        os.environ.pop(setting.file_env, None)  # read already: the value follows
         if value is None:
             os.environ[setting.env] = ""
         elif isinstance(value, bool):
             os.environ[setting.env] = "true" if value else "false"
+        elif isinstance(value, dict):
+            os.environ[setting.env] = json.dumps(value)
         else:
             os.environ[setting.env] = str(value)
 
