@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 from clickstream.errors import Unavailable
 from clickstream.kafka.logs import PROBE_LOG
 from clickstream.kafka.security import Brokers
+from clickstream.kafka.tls import explain as explain_tls
 
 __all__ = [
     "Brokers",
@@ -95,6 +96,8 @@ def reach(
             why = _NOISE.sub("", cause.str()) if cause else f"no answer within {timeout:.0f}s"
             if cause is not None and cause.code() == KafkaError._BAD_MSG:
                 why += " (is that a Kafka broker?)"
+            if cause is not None and cause.code() == KafkaError._SSL:
+                why = explain_tls(as_brokers(brokers)) or why
             raise Unavailable(f"cannot reach the Kafka broker at {brokers}: {why}")
 
 
