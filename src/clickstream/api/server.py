@@ -29,6 +29,7 @@ from uvicorn.supervisors import Multiprocess
 from clickstream.config import SETTINGS, Settings, load_settings
 from clickstream.errors import ClickstreamError
 from clickstream.process import tune_garbage_collector
+from clickstream.redact import redact_logs
 
 __all__ = ["BackgroundServer", "app_from_environment", "run_in_background", "serve"]
 
@@ -81,6 +82,7 @@ def app_from_environment():
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    redact_logs()
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     app = create_app(load_settings())
     tune_garbage_collector()

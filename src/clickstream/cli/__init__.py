@@ -20,6 +20,7 @@ from clickstream.cli._common import Parser
 from clickstream.config import load_settings
 from clickstream.errors import ClickstreamError, SchemaOutOfDate, UsageError
 from clickstream.process import tune_garbage_collector
+from clickstream.redact import redact, redact_logs
 
 __all__ = ["build_parser", "main"]
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # pgserver narrates every pg_ctl call at INFO and platformdirs warns about a missing
     # XDG_RUNTIME_DIR; neither tells a user anything.
+    redact_logs()
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     tune_garbage_collector()
@@ -68,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         return args.func(settings, args)
     except (UsageError, SchemaOutOfDate) as exc:
-        print(f"clickstream: error: {exc}", file=sys.stderr)
+        print(f"clickstream: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except ClickstreamError as exc:
-        print(f"clickstream: error: {exc}", file=sys.stderr)
+        print(f"clickstream: error: {redact(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("clickstream: interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from clickstream import redact
 from clickstream.config.declared import SETTINGS, Setting
 from clickstream.config.values import CONFIG_ENV, ENV_PREFIX, default_data_dir
 from clickstream.errors import ConfigError
@@ -234,6 +236,15 @@ def _check_kafka_security(values: Mapping[str, Any]) -> None:
         raise ConfigError("kafka.ssl_cert_file and kafka.ssl_key_file go together: set both")
 
 
+def _remember_secrets(values: Mapping[str, Any]) -> None:
+    """Hide the secrets' values from every message (`clickstream.redact`); the database URL's
+    password is found there by pattern, in whichever form the URL is written."""
+    redact.remember(values["kafka_sasl_password"], values["api_key"], values["privacy_hash_key"])
+    redact.remember(
+        *(v for k, v in values["kafka_options"].items() if re.search(r"password|secret|jaas", k))
+    )
+
+
 def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -255,4 +266,5 @@ def load_settings(
     values["data_dir"] = Path(values["data_dir"] or default_data_dir()).expanduser()
     values["reports_dir"] = Path(values["reports_dir"]).expanduser()
     _check_kafka_security(values)
+    _remember_secrets(values)
     return Settings(**values, source=str(path) if path else "defaults")

@@ -98,7 +98,16 @@ def reach(
                 why += " (is that a Kafka broker?)"
             if cause is not None and cause.code() == KafkaError._SSL:
                 why = explain_tls(as_brokers(brokers)) or why
+            if cause is not None and cause.code() == KafkaError._AUTHENTICATION:
+                why += _sasl_hint(as_brokers(brokers))
             raise Unavailable(f"cannot reach the Kafka broker at {brokers}: {why}")
+
+
+def _sasl_hint(brokers: Brokers) -> str:
+    """Which mechanism and user were refused: the operator checks these first."""
+    properties = brokers.properties
+    user = properties.get("sasl.username") or properties.get("sasl.oauthbearer.client.id")
+    return f" (kafka.sasl_mechanism={properties.get('sasl.mechanism')}, user {user})"
 
 
 def ensure_topics(
