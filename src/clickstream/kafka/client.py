@@ -96,7 +96,7 @@ def reach(
             why = _NOISE.sub("", cause.str()) if cause else f"no answer within {timeout:.0f}s"
             if cause is not None and cause.code() == KafkaError._BAD_MSG:
                 why += " (is that a Kafka broker?)"
-            if cause is not None and cause.code() == KafkaError._SSL:
+            if cause is not None and (cause.code() == KafkaError._SSL or "SSL" in why):
                 why = explain_tls(as_brokers(brokers)) or why
             if cause is not None and cause.code() == KafkaError._AUTHENTICATION:
                 why += _sasl_hint(as_brokers(brokers))
