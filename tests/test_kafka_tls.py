@@ -427,3 +427,27 @@ def _until(condition, what: str, timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"waited {timeout:.0f}s for {what}"
         time.sleep(0.2)
+
+
+def test_every_kafka_client_of_the_project_gets_the_security_settings():
+    """Each `Consumer(`, `Producer(` and `AdminClient(` in the package takes a configuration
+    built by `Brokers.config` (directly or through `admin_config`, `consumer_config`,
+    `producer_config`), never a dict of its own that would leave the security out."""
+    import ast
+
+    import clickstream
+
+    built_by = {"config", "admin_config", "consumer_config", "producer_config"}
+    clients = []
+    for path in Path(clickstream.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", None))
+            if name in {"Consumer", "Producer", "AdminClient"}:
+                argument = node.args[0] if node.args else None
+                called = getattr(argument, "func", None)
+                how = getattr(called, "id", getattr(called, "attr", None))
+                clients.append((f"{path.name}:{node.lineno}", how))
+    assert len(clients) >= 10
+    assert [(where, how) for where, how in clients if how not in built_by] == []
