@@ -316,6 +316,24 @@ def test_the_pipeline_runs_over_mutual_tls(pipeline, secure_kafka, tmp_path):
     _no_secret_in(produced.stdout, produced.stderr, consumed.stdout, consumed.stderr)
 
 
+def test_the_spark_engine_reads_over_mutual_tls(pipeline, secure_kafka):
+    """The Spark source's driver and its tasks (the task sink) get the same TLS settings."""
+    try:
+        from clickstream.spark.engine import SparkIngestor
+        from clickstream.spark.session import spark_session
+    except ImportError:
+        missing_dependency("the spark extra is not installed (pip install -e '.[spark]')")
+    settings = _tls_settings(pipeline, secure_kafka, spark_sink="tasks")
+    address = brokers(settings)
+    run = uuid.uuid4().hex[:6]
+    ensure_topics(address, list(settings.topics), settings.kafka_partitions)
+    assert produce_lines(address, settings.kafka_views_topic, _views(300, run)).delivered == 300
+    spark = spark_session("local[2]")
+    stats = SparkIngestor(settings, address, spark=spark).run(until_idle=2.0)
+    assert stats.views == 300
+    assert _stored(pipeline) == _expected(run, 300)
+
+
 @pytest.mark.parametrize(
     ("proxy", "ca", "reason"),
     [
