@@ -103,10 +103,10 @@ def test_a_remembered_secret_is_hidden_wherever_it_appears():
     assert redact("librdkafka: login rem3mbered-secret refused") == "librdkafka: login *** refused"
 
 
-def test_loading_the_settings_remembers_their_secrets():
-    from clickstream.config import load_settings
+def test_the_settings_secrets_are_remembered():
+    from clickstream.config import load_settings, remember_secrets
 
-    load_settings(
+    settings = load_settings(
         env={
             "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS": "k:9093",
             "CLICKSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
@@ -117,6 +117,7 @@ def test_loading_the_settings_remembers_their_secrets():
             "CLICKSTREAM_KAFKA_OPTIONS": "sasl.oauthbearer.client.secret=opt-secret-1,acks=all",
         }
     )
+    remember_secrets(settings)
     text = "from-settings-pw from-settings-key opt-secret-1 clicks all"
     assert redact(text) == "*** *** *** clicks all"
 
@@ -132,4 +133,3 @@ def test_the_log_filter_redacts_messages_arguments_and_tracebacks():
     assert RedactingFilter().filter(record)
     assert record.getMessage() == "config {'sasl.password': ***}"
     assert "tb-secret" not in record.exc_text and "u:***@h" in record.exc_text
-

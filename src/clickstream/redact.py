@@ -7,7 +7,7 @@ userinfo (`postgresql://u:secret@h/db`), a query parameter (`?password=secret`,
 `ssl.key.password`, `sasl.oauthbearer.client.secret`), written `name=value` or as a
 mapping's `'name': 'value'`, and a JAAS line's `password="..."`. One function covers them
 all, anywhere in a text; it also hides every secret setting's value wherever it appears
-(`remember` is called as the settings load), for the messages no pattern foresees.
+(`clickstream.config.remember_secrets`), for the messages no pattern foresees.
 `RedactingFilter` applies it to every log record of a handler.
 """
 
@@ -38,7 +38,7 @@ _PROPERTY = re.compile(
     r"|[a-z.]*client\.secret)(?:['\"]?\s*[:=]\s*))(?:'[^']*'|\"[^\"]*\"|[^\s,}&]+)",
     re.IGNORECASE,
 )
-_SHORTEST = 6  # a secret this short would hide ordinary words too; patterns still apply
+_SHORTEST = 8  # a secret this short would hide ordinary words too; patterns still apply
 _known: set[str] = set()
 _lock = threading.Lock()
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from clickstream.config import SETTINGS, Settings, load_settings
+from clickstream.config import SETTINGS, Settings, load_settings, remember_secrets
 from clickstream.errors import ClickstreamError
 from clickstream.process import tune_garbage_collector
 from clickstream.redact import redact_logs
@@ -84,7 +84,9 @@ def app_from_environment():
     )
     redact_logs()
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    app = create_app(load_settings())
+    settings = load_settings()
+    remember_secrets(settings)
+    app = create_app(settings)
     tune_garbage_collector()
     gc.freeze()
     return app

@@ -17,7 +17,7 @@ import warnings
 from clickstream import __version__
 from clickstream.cli import bench, data, dead_letters, lifecycle, pipeline, privacy, services
 from clickstream.cli._common import Parser
-from clickstream.config import load_settings
+from clickstream.config import load_settings, remember_secrets
 from clickstream.errors import ClickstreamError, SchemaOutOfDate, UsageError
 from clickstream.process import tune_garbage_collector
 from clickstream.redact import redact, redact_logs
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_garbage_collector()
     try:
         settings = load_settings(args.config)
+        remember_secrets(settings)
         return args.func(settings, args)
     except (UsageError, SchemaOutOfDate) as exc:
         print(f"clickstream: error: {redact(str(exc))}", file=sys.stderr)

@@ -24,7 +24,7 @@ from clickstream.errors import ConfigError
 from clickstream.event_time import EventTimeRule
 from clickstream.events import Kind
 
-__all__ = ["SETTINGS", "Setting", "Settings", "load_settings"]
+__all__ = ["SETTINGS", "Setting", "Settings", "load_settings", "remember_secrets"]
 
 
 @dataclass(frozen=True)
@@ -236,12 +236,13 @@ def _check_kafka_security(values: Mapping[str, Any]) -> None:
         raise ConfigError("kafka.ssl_cert_file and kafka.ssl_key_file go together: set both")
 
 
-def _remember_secrets(values: Mapping[str, Any]) -> None:
-    """Hide the secrets' values from every message (`clickstream.redact`); the database URL's
-    password is found there by pattern, in whichever form the URL is written."""
-    redact.remember(values["kafka_sasl_password"], values["api_key"], values["privacy_hash_key"])
+def remember_secrets(settings: Settings) -> None:
+    """Hide the secrets' values from every message of this process (`clickstream.redact`);
+    the database URL's password is found by pattern, in whichever form the URL is written.
+    Called where a process takes its settings for good (the CLI, the API's workers)."""
+    redact.remember(settings.kafka_sasl_password, settings.api_key, settings.privacy_hash_key)
     redact.remember(
-        *(v for k, v in values["kafka_options"].items() if re.search(r"password|secret|jaas", k))
+        *(v for k, v in settings.kafka_options.items() if re.search(r"password|secret|jaas", k))
     )
 
 
@@ -266,5 +267,4 @@ def load_settings(
     values["data_dir"] = Path(values["data_dir"] or default_data_dir()).expanduser()
     values["reports_dir"] = Path(values["reports_dir"]).expanduser()
     _check_kafka_security(values)
-    _remember_secrets(values)
     return Settings(**values, source=str(path) if path else "defaults")
