@@ -334,6 +334,42 @@ def test_the_spark_engine_reads_over_mutual_tls(pipeline, secure_kafka):
     assert _stored(pipeline) == _expected(run, 300)
 
 
+def test_healthz_checks_the_broker_over_tls(pipeline, secure_kafka):
+    """`serve`'s broker check uses the same settings; a refused certificate makes the broker
+    `unavailable`, and the detail the API key may read names no secret."""
+    import httpx
+
+    from clickstream.api.server import run_in_background
+
+    key = "api-key-9d8e7f6a"
+    good = _tls_settings(pipeline, secure_kafka, api_key=key)
+    expired = _tls_settings(pipeline, secure_kafka, secure_kafka.expired.port, api_key=key)
+    bodies = {}
+    for name, settings in (("good", good), ("expired", expired)):
+        server = run_in_background(settings, "127.0.0.1", 0)
+        try:
+            reply = httpx.get(f"{server.url}/healthz", headers={"X-API-Key": key}, timeout=30)
+        finally:
+            server.stop()
+        bodies[name] = (reply.status_code, reply.json())
+    assert bodies["good"] == (
+        200,
+        {
+            "status": "ok",
+            "database": {"status": "ok", "detail": "reachable"},
+            "broker": {"status": "ok", "detail": "reachable"},
+        },
+    )
+    status, body = bodies["expired"]
+    assert status == 503 and body["broker"]["status"] == "unavailable"
+    assert body["broker"]["detail"] == (
+        f"cannot reach the broker at localhost:{secure_kafka.expired.port}: TLS certificate"
+        " refused: certificate has expired; the broker's certificate must be renewed (or this"
+        " machine's clock is wrong)"
+    )
+    _no_secret_in(str(bodies))
+
+
 @pytest.mark.parametrize(
     ("proxy", "ca", "reason"),
     [

@@ -27,6 +27,7 @@ from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.kafka.client import admin_config
 from clickstream.kafka.security import Brokers, brokers
+from clickstream.kafka.tls import explain as explain_tls
 from clickstream.redact import redact
 
 __all__ = ["Broker", "router"]
@@ -68,7 +69,10 @@ class Broker:
             try:
                 self._admin.list_topics(timeout=CHECK_SECONDS)
             except KafkaException as exc:
-                return f"cannot reach the broker at {address}: {exc.args[0].str()}"
+                why = exc.args[0].str()
+                if "ssl.ca.location" in address.properties:  # TLS: librdkafka says not why
+                    why = explain_tls(address) or why
+                return f"cannot reach the broker at {address}: {why}"
             return None
 
     async def check(self) -> str | None:
