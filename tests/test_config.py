@@ -546,3 +546,32 @@ def test_a_missing_certificate_file_is_named_when_a_client_is_made(tmp_path):
     with pytest.raises(ConfigError) as error:
         brokers(settings)
     assert str(error.value) == f"kafka.ssl_ca_file={tmp_path / 'no-ca.pem'}: no such readable file"
+
+
+def test_spark_own_kafka_source_gets_the_java_names_of_the_same_security(tmp_path):
+    from clickstream.kafka.security import java_client_options
+
+    ca = write(tmp_path / "ca.pem", "-----BEGIN CERTIFICATE-----\n")
+    env = {**SASL, "CLICKSTREAM_KAFKA_SSL_CA_FILE": str(ca)}
+    settings = load_settings(env=env | {"CLICKSTREAM_KAFKA_SASL_PASSWORD": 'p"w\\d'})
+    assert java_client_options(settings) == {
+        "security.protocol": "SASL_SSL",
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(ca),
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required"
+        ' username="clicks" password="p\\"w\\\\d";',
+    }
+    mutual = load_settings(
+        env=env
+        | {
+            "CLICKSTREAM_KAFKA_SASL_PASSWORD": "p",
+            "CLICKSTREAM_KAFKA_SSL_CERT_FILE": str(ca),
+            "CLICKSTREAM_KAFKA_SSL_KEY_FILE": str(ca),
+        }
+    )
+    with pytest.raises(ConfigError) as error:
+        java_client_options(mutual)
+    assert str(error.value) == (
+        "spark.source=kafka cannot use kafka.ssl_cert_file: use spark.source=python"
+    )
