@@ -452,6 +452,11 @@ def test_kafka_options_come_as_pairs_or_json(value, expected):
     )
 
 
+def test_kafka_options_left_empty_in_the_file_are_none(tmp_path):
+    path = write(tmp_path / "c.yml", "kafka:\n  options:\n")
+    assert load_settings(path, env={}).kafka_options == {}
+
+
 def test_kafka_options_in_the_file_are_a_map(tmp_path):
     path = write(
         tmp_path / "c.yml",

@@ -263,6 +263,8 @@ def load_settings(
         given = _from_environment(setting, env)
         if given is not None:
             raw, origin = given
+        if raw is None and isinstance(setting.default, dict):
+            raw = {}  # `options:` left empty in the file: no options, not None
         values[setting.attr] = None if raw is None else _parse(setting, raw, origin)
     values["data_dir"] = Path(values["data_dir"] or default_data_dir()).expanduser()
     values["reports_dir"] = Path(values["reports_dir"]).expanduser()
