@@ -37,6 +37,7 @@ _NOISE = re.compile(r"^\S+/(?:bootstrap|\d+): |\s*\(after \d+ms in state \w+\)$"
 
 
 def as_brokers(brokers: Brokers | str) -> Brokers:
+    """Text is the address of a PLAINTEXT listener (the embedded broker, tests)."""
     return brokers if isinstance(brokers, Brokers) else Brokers(brokers)
 
 
