@@ -15,6 +15,7 @@ same absence fails it, so a missing dependency cannot pass as a quiet skip.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -55,7 +56,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
     for setting in SETTINGS:
         value = getattr(settings, setting.attr)
-        if value is not None:
+        if isinstance(value, dict):
+            env[setting.env] = json.dumps(value)
+        elif value is not None:
             env[setting.env] = str(value).lower() if isinstance(value, bool) else str(value)
     env["CLICKSTREAM_CONFIG"] = str(Path(__file__).parent / "empty-config.yml")
     return env

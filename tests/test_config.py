@@ -117,10 +117,27 @@ def test_every_setting_can_be_set_from_the_environment():
         "spark.source": "kafka",
         "spark.sink": "tasks",
         "spark.commit_offsets": "no",
+        "kafka.security_protocol": "sasl_ssl",
+        "kafka.sasl_mechanism": "scram-sha-512",
+        "kafka.options": "client.id=clicks,socket.keepalive.enable=true",
+    }
+    # settings that only make sense with others
+    sasl = {
+        "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS": "k:9093",
+        "CLICKSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "CLICKSTREAM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+        "CLICKSTREAM_KAFKA_SASL_USERNAME": "u",
+        "CLICKSTREAM_KAFKA_SASL_PASSWORD": "p",
+    }
+    companions = {
+        "kafka.security_protocol": sasl,
+        "kafka.sasl_mechanism": sasl,
+        "kafka.ssl_cert_file": {"CLICKSTREAM_KAFKA_SSL_KEY_FILE": "/key.pem"},
+        "kafka.ssl_key_file": {"CLICKSTREAM_KAFKA_SSL_CERT_FILE": "/cert.pem"},
     }
     for setting in SETTINGS:
         value = samples.get(setting.key, "7")
-        settings = load_settings(env={setting.env: value})
+        settings = load_settings(env={**companions.get(setting.key, {}), setting.env: value})
         parsed = getattr(settings, setting.attr)
         expected = setting.parse(value)
         if setting.key in ("data_dir", "reports_dir"):
@@ -366,3 +383,229 @@ def test_a_retention_shorter_than_the_late_event_limit_is_refused(kind, tmp_path
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"clickstream: error: {expected}"]
+
+
+# -- secrets and Kafka security ------------------------------------------------------------
+
+SASL = {
+    "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9093",
+    "CLICKSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "CLICKSTREAM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "CLICKSTREAM_KAFKA_SASL_USERNAME": "clicks",
+}
+
+
+def test_a_secret_is_read_from_the_file_its_FILE_variable_names(tmp_path):
+    password = write(tmp_path / "password", "s3cr3t-pass\n")
+    url = write(tmp_path / "url", "postgresql://app:pw-in-file@db/clicks\n")
+    settings = load_settings(
+        env={
+            **SASL,
+            "CLICKSTREAM_KAFKA_SASL_PASSWORD_FILE": str(password),
+            "CLICKSTREAM_DATABASE_URL_FILE": str(url),
+            "CLICKSTREAM_KAFKA_OPTIONS_FILE": str(write(tmp_path / "o", '{"client.id": "c"}')),
+        }
+    )
+    assert settings.kafka_sasl_password == "s3cr3t-pass"  # the file's newline is not part of it
+    assert settings.database_url == "postgresql://app:pw-in-file@db/clicks"
+    assert settings.kafka_options == {"client.id": "c"}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"CLICKSTREAM_API_KEY": "k", "CLICKSTREAM_API_KEY_FILE": "/run/secrets/api-key"},
+            "set CLICKSTREAM_API_KEY or CLICKSTREAM_API_KEY_FILE, not both",
+        ),
+        (
+            {"CLICKSTREAM_API_KEY_FILE": "/no/such/file"},
+            "CLICKSTREAM_API_KEY_FILE=/no/such/file: cannot read it: No such file or directory",
+        ),
+        (  # only secrets are read from files
+            {"CLICKSTREAM_KAFKA_VIEWS_TOPIC_FILE": "/x"},
+            "unknown setting CLICKSTREAM_KAFKA_VIEWS_TOPIC_FILE; did you mean"
+            " CLICKSTREAM_KAFKA_VIEWS_TOPIC?",
+        ),
+    ],
+)
+def test_a_secret_file_that_cannot_be_used_is_one_line(env, message):
+    with pytest.raises(ConfigError) as error:
+        load_settings(env=env)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "sasl.oauthbearer.client.secret",
+            "CLICKSTREAM_KAFKA_OPTIONS: expected name=value[,name=value...] or a JSON object",
+        ),
+        ('{"ssl.key.password": ', "CLICKSTREAM_KAFKA_OPTIONS: not a valid JSON object"),
+        (
+            "sasl.password=hunter22",
+            "CLICKSTREAM_KAFKA_OPTIONS: sasl.password is set by kafka.sasl_password, not here",
+        ),
+        (
+            "group.id=other",
+            "CLICKSTREAM_KAFKA_OPTIONS: group.id is set by kafka.consumer_group, not here",
+        ),
+        (
+            "Not A Name=hunter22",
+            "CLICKSTREAM_KAFKA_OPTIONS: 'Not A Name' is not a librdkafka property name",
+        ),
+    ],
+)
+def test_a_bad_kafka_option_is_named_but_its_value_never_quoted(value, message):
+    with pytest.raises(ConfigError) as error:
+        load_settings(env={"CLICKSTREAM_KAFKA_OPTIONS": value})
+    assert str(error.value).startswith(message)
+    assert "hunter22" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("client.id=clicks, socket.keepalive.enable=true", None),
+        ('{"client.id": "clicks", "socket.keepalive.enable": true}', None),
+        ("", {}),
+    ],
+)
+def test_kafka_options_come_as_pairs_or_json(value, expected):
+    settings = load_settings(env={"CLICKSTREAM_KAFKA_OPTIONS": value})
+    assert settings.kafka_options == (
+        expected
+        if expected is not None
+        else {"client.id": "clicks", "socket.keepalive.enable": "true"}
+    )
+
+
+def test_kafka_options_left_empty_in_the_file_are_none(tmp_path):
+    path = write(tmp_path / "c.yml", "kafka:\n  options:\n")
+    assert load_settings(path, env={}).kafka_options == {}
+
+
+def test_kafka_options_in_the_file_are_a_map(tmp_path):
+    path = write(
+        tmp_path / "c.yml",
+        "kafka:\n  options:\n    client.id: clicks\n    ssl.endpoint.identification.algorithm: none"
+        "\n    fetch.max.bytes: 1048576\n",
+    )
+    assert load_settings(path, env={}).kafka_options == {
+        "client.id": "clicks",
+        "ssl.endpoint.identification.algorithm": "none",
+        "fetch.max.bytes": "1048576",
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"CLICKSTREAM_KAFKA_SECURITY_PROTOCOL": "SSL"},
+            "kafka.security_protocol=SSL needs kafka.bootstrap_servers (the embedded broker only"
+            " speaks PLAINTEXT)",
+        ),
+        (
+            {**SASL, "CLICKSTREAM_KAFKA_SASL_MECHANISM": ""},
+            "kafka.security_protocol=SASL_SSL needs kafka.sasl_mechanism",
+        ),
+        (SASL, "kafka.sasl_mechanism=SCRAM-SHA-512 needs kafka.sasl_password"),
+        (
+            {"CLICKSTREAM_KAFKA_SASL_MECHANISM": "PLAIN"},
+            "kafka.sasl_mechanism is set but kafka.security_protocol is PLAINTEXT: use SASL_SSL"
+            " (or SASL_PLAINTEXT)",
+        ),
+        (
+            {"CLICKSTREAM_KAFKA_SSL_CERT_FILE": "/c.pem"},
+            "kafka.ssl_cert_file and kafka.ssl_key_file go together: set both",
+        ),
+        (
+            {"CLICKSTREAM_KAFKA_SASL_MECHANISM": "GSSAPI"},
+            "CLICKSTREAM_KAFKA_SASL_MECHANISM='GSSAPI': expected one of PLAIN, SCRAM-SHA-256,"
+            " SCRAM-SHA-512, OAUTHBEARER",
+        ),
+    ],
+)
+def test_kafka_security_settings_that_do_not_go_together_are_one_line(env, message):
+    with pytest.raises(ConfigError) as error:
+        load_settings(env=env)
+    assert str(error.value) == message
+
+
+def test_what_reaches_librdkafka_for_sasl_over_tls(tmp_path):
+    from clickstream.kafka.security import brokers
+
+    ca = write(tmp_path / "ca.pem", "-----BEGIN CERTIFICATE-----\n")
+    settings = load_settings(
+        env={
+            **SASL,
+            "CLICKSTREAM_KAFKA_SSL_CA_FILE": str(ca),
+            "CLICKSTREAM_KAFKA_SASL_PASSWORD": "pw-123456",
+            "CLICKSTREAM_KAFKA_OPTIONS": (
+                "client.id=clicks,ssl.endpoint.identification.algorithm=none"
+            ),
+        }
+    )
+    address = brokers(settings)
+    assert address.properties == {
+        "security.protocol": "SASL_SSL",
+        "ssl.endpoint.identification.algorithm": "none",  # the option wins
+        "ssl.ca.location": str(ca),
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "clicks",
+        "sasl.password": "pw-123456",
+        "client.id": "clicks",
+    }
+    assert "pw-123456" not in repr(address) and str(address) == "kafka-1:9093"
+    assert (
+        brokers(load_settings(env=SASL | {"CLICKSTREAM_KAFKA_SASL_PASSWORD": "p"})).properties[
+            "ssl.endpoint.identification.algorithm"
+        ]
+        == "https"
+    )  # hostname verification is on by default
+
+
+def test_a_missing_certificate_file_is_named_when_a_client_is_made(tmp_path):
+    from clickstream.kafka.security import brokers
+
+    settings = load_settings(
+        env={
+            "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9093",
+            "CLICKSTREAM_KAFKA_SECURITY_PROTOCOL": "SSL",
+            "CLICKSTREAM_KAFKA_SSL_CA_FILE": str(tmp_path / "no-ca.pem"),
+        }
+    )
+    with pytest.raises(ConfigError) as error:
+        brokers(settings)
+    assert str(error.value) == f"kafka.ssl_ca_file={tmp_path / 'no-ca.pem'}: no such readable file"
+
+
+def test_spark_own_kafka_source_gets_the_java_names_of_the_same_security(tmp_path):
+    from clickstream.kafka.security import java_client_options
+
+    ca = write(tmp_path / "ca.pem", "-----BEGIN CERTIFICATE-----\n")
+    env = {**SASL, "CLICKSTREAM_KAFKA_SSL_CA_FILE": str(ca)}
+    settings = load_settings(env=env | {"CLICKSTREAM_KAFKA_SASL_PASSWORD": 'p"w\\d'})
+    assert java_client_options(settings) == {
+        "security.protocol": "SASL_SSL",
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(ca),
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required"
+        ' username="clicks" password="p\\"w\\\\d";',
+    }
+    mutual = load_settings(
+        env=env
+        | {
+            "CLICKSTREAM_KAFKA_SASL_PASSWORD": "p",
+            "CLICKSTREAM_KAFKA_SSL_CERT_FILE": str(ca),
+            "CLICKSTREAM_KAFKA_SSL_KEY_FILE": str(ca),
+        }
+    )
+    with pytest.raises(ConfigError) as error:
+        java_client_options(mutual)
+    assert str(error.value) == (
+        "spark.source=kafka cannot use kafka.ssl_cert_file: use spark.source=python"
+    )

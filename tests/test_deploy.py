@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 from conftest import missing_dependency
 
+from clickstream.config import load_settings
 from clickstream.metrics import exposed_names
 
 ROOT = Path(__file__).parent.parent
@@ -131,6 +132,37 @@ def test_compose_starts_every_role_after_the_schema_and_the_topics():
         for port in service.get("ports", []):
             host = port.split(":")[0] if isinstance(port, str) else port.get("host_ip")
             assert host == "127.0.0.1", port
+
+
+def test_the_secure_kafka_overlay_gives_every_kafka_client_tls_sasl_and_secret_files():
+    overlay = DEPLOY / "docker-compose.secure-kafka.yml"
+    result = compose_config("-f", str(overlay), "--profile", "spark")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    services = config["services"]
+    clients = ["consumer-1", "consumer-2", "api", "consumer-spark"]
+    for name in clients:
+        env = services[name]["environment"]
+        assert env["CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9094", name
+        assert env["CLICKSTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", name
+        assert env["CLICKSTREAM_KAFKA_SASL_PASSWORD_FILE"] == "/run/secrets/kafka_password"
+        assert "CLICKSTREAM_KAFKA_SASL_PASSWORD" not in env, name
+        assert {s["source"] for s in services[name]["secrets"]} == {"kafka_ca", "kafka_password"}
+        assert "kafka-user" in services[name]["depends_on"], name
+    # The settings a role gets load as they are (the files exist only in a real deployment).
+    env = services["consumer-1"]["environment"]
+    variables = {k: v for k, v in env.items() if k.startswith("CLICKSTREAM_") and "_FILE" not in k}
+    settings = load_settings(env=variables | {"CLICKSTREAM_KAFKA_SASL_PASSWORD": "p"})
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    assert settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
+    # Outside the broker's own network namespace, only the SASL_SSL listener answers.
+    kafka = services["kafka"]["environment"]
+    assert kafka["KAFKA_LISTENERS"].startswith("PLAINTEXT://127.0.0.1:9092,")
+    assert "CLIENTS:SASL_SSL" in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    for name in ("topics", "kafka-user"):
+        assert services[name]["network_mode"] == "service:kafka", name
+    assert set(config["secrets"]) == {"kafka_ca", "kafka_broker", "kafka_password"}
+    assert all("/kafka-secrets/" in secret["file"] for secret in config["secrets"].values())
 
 
 # -- Prometheus and Grafana -------------------------------------------------------------------

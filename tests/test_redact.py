@@ -1,11 +1,15 @@
-"""Passwords never leave in a connection string, whichever of PostgreSQL's forms it uses."""
+"""Passwords never leave in a connection string, whichever of PostgreSQL's forms it uses,
+nor Kafka's secrets, nor the value of any secret setting."""
 
 from __future__ import annotations
+
+import logging
+import sys
 
 import pytest
 from psycopg import conninfo
 
-from clickstream.redact import redact
+from clickstream.redact import RedactingFilter, redact, remember
 
 
 @pytest.mark.parametrize(
@@ -66,3 +70,66 @@ def test_what_is_left_is_still_the_same_connection_but_the_password(dsn):
     assert after.pop("password") == "***"
     before.pop("password")
     assert after == before
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # librdkafka properties, as name=value and in a mapping's repr or JSON
+        ("sasl.password=s3cret", "sasl.password=***"),
+        ("{'sasl.password': 'se cret', 'acks': 'all'}", "{'sasl.password': ***, 'acks': 'all'}"),
+        ('{"ssl.key.password": "k3y"}', '{"ssl.key.password": ***}'),
+        (
+            "sasl.oauthbearer.client.secret=abc&x=1",
+            "sasl.oauthbearer.client.secret=***&x=1",
+        ),
+        ("ssl.keystore.password = ks next", "ssl.keystore.password = *** next"),
+        # a JAAS line (Spark's own Kafka source)
+        (
+            'ScramLoginModule required username="u" password="p w\\"x";',
+            'ScramLoginModule required username="u" password=***;',
+        ),
+        # nothing to hide
+        ("sasl.username=clicks", "sasl.username=clicks"),
+        ("ssl.ca.location=/etc/ca.pem", "ssl.ca.location=/etc/ca.pem"),
+    ],
+)
+def test_kafka_secrets_are_hidden(text, expected):
+    assert redact(text) == expected
+
+
+def test_a_remembered_secret_is_hidden_wherever_it_appears():
+    remember("rem3mbered-secret", None, "")
+    assert redact("librdkafka: login rem3mbered-secret refused") == "librdkafka: login *** refused"
+
+
+def test_the_settings_secrets_are_remembered():
+    from clickstream.config import load_settings, remember_secrets
+
+    settings = load_settings(
+        env={
+            "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS": "k:9093",
+            "CLICKSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "CLICKSTREAM_KAFKA_SASL_MECHANISM": "PLAIN",
+            "CLICKSTREAM_KAFKA_SASL_USERNAME": "clicks",
+            "CLICKSTREAM_KAFKA_SASL_PASSWORD": "from-settings-pw",
+            "CLICKSTREAM_API_KEY": "from-settings-key",
+            "CLICKSTREAM_KAFKA_OPTIONS": "sasl.oauthbearer.client.secret=opt-secret-1,acks=all",
+        }
+    )
+    remember_secrets(settings)
+    text = "from-settings-pw from-settings-key opt-secret-1 clicks all"
+    assert redact(text) == "*** *** *** clicks all"
+
+
+def test_the_log_filter_redacts_messages_arguments_and_tracebacks():
+    record = logging.LogRecord(
+        "clickstream", logging.ERROR, __file__, 1, "config %s", ({"sasl.password": "x1y2"},), None
+    )
+    try:
+        raise ValueError("postgresql://u:tb-secret@h/db")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert RedactingFilter().filter(record)
+    assert record.getMessage() == "config {'sasl.password': ***}"
+    assert "tb-secret" not in record.exc_text and "u:***@h" in record.exc_text

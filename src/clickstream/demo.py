@@ -22,6 +22,7 @@ from clickstream.errors import ClickstreamError
 from clickstream.generate import generate, write_dataset
 from clickstream.ingest import Ingestor
 from clickstream.kafka.producer import produce_lines
+from clickstream.kafka.security import Brokers, brokers
 from clickstream.prepare import prepare
 from clickstream.reports.hourly import write_reports
 from clickstream.services import embedded
@@ -54,7 +55,7 @@ def run_demo(settings: Settings, *, duration: float, stop: threading.Event) -> i
     print(f"clickstream demo: {duration:g}s of generated traffic on embedded services")
     embedded.up(settings)
     print(f"  database schema: {describe(prepare(settings))}")
-    bootstrap = embedded.bootstrap_servers(settings)
+    bootstrap = brokers(settings)
     for service in embedded.status(settings):
         print(f"  {service.name:<9} {service.address}")
 
@@ -144,7 +145,7 @@ def _load_catalog(settings: Settings, path: Path) -> None:
 
 
 def _replay(
-    bootstrap: str, topic: str, lines: list[bytes], rate: float | None, stop: threading.Event
+    bootstrap: Brokers, topic: str, lines: list[bytes], rate: float | None, stop: threading.Event
 ) -> threading.Thread:
     thread = threading.Thread(
         target=produce_lines,

@@ -32,6 +32,7 @@ from clickstream.events import CleanBatch, RawEvent
 from clickstream.kafka.client import consumer_config, ensure_topics
 from clickstream.kafka.lag import PartitionLag, consumer_lag, describe, known_lag
 from clickstream.kafka.records import raw_event
+from clickstream.kafka.security import Brokers, brokers
 from clickstream.metrics import IngestMetrics
 from clickstream.retry import retrying
 from clickstream.store.batches import BatchStore, clean
@@ -111,13 +112,13 @@ class Ingestor:
     def __init__(
         self,
         settings: Settings,
-        bootstrap: str,
+        bootstrap: Brokers | str,
         *,
         stop: threading.Event | None = None,
         connect_db: Callable[[], psycopg.Connection] | None = None,
     ) -> None:
         self.settings = settings
-        self.bootstrap = bootstrap
+        self.brokers = brokers(settings, bootstrap)
         self.stop = stop or threading.Event()
         self.stats = IngestStats()
         self.metrics = IngestMetrics(settings)
@@ -209,7 +210,7 @@ class Ingestor:
 
     def run(self, until_idle: float | None = None) -> IngestStats:
         """Consume until stopped, or until no event arrived for `until_idle` seconds."""
-        ensure_topics(self.bootstrap, list(self._kinds), self.settings.kafka_partitions)
+        ensure_topics(self.brokers, list(self._kinds), self.settings.kafka_partitions)
         settings = self.settings
         # A database that is down at start is a fault like any other: wait for it.
         for attempt in retrying(
@@ -219,7 +220,7 @@ class Ingestor:
                 self.store.connect_and_migrate()
         consumer = Consumer(
             consumer_config(
-                self.bootstrap, settings.kafka_consumer_group, settings.kafka_session_timeout_ms
+                self.brokers, settings.kafka_consumer_group, settings.kafka_session_timeout_ms
             )
         )
         self._consumer = consumer
@@ -227,7 +228,7 @@ class Ingestor:
         log.info(
             "consuming %s from %s as group %s",
             ", ".join(self._kinds),
-            self.bootstrap,
+            self.brokers,
             settings.kafka_consumer_group,
         )
         self._last_activity = time.monotonic()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from clickstream.config import Settings
 from clickstream.kafka.client import ensure_topics
-from clickstream.services.embedded import bootstrap_servers
+from clickstream.kafka.security import brokers
 from clickstream.store.db import connect
 from clickstream.store.schema import migrate
 
@@ -17,6 +17,6 @@ __all__ = ["prepare"]
 
 def prepare(settings: Settings) -> list[str]:
     """Create the topics and migrate the schema; return the migrations applied."""
-    ensure_topics(bootstrap_servers(settings), list(settings.topics), settings.kafka_partitions)
+    ensure_topics(brokers(settings), list(settings.topics), settings.kafka_partitions)
     with connect(settings, check_schema=False) as conn:
         return migrate(conn)

@@ -26,6 +26,8 @@ from clickstream.api.auth import HEADER, carries_key
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.kafka.client import admin_config
+from clickstream.kafka.security import Brokers, brokers
+from clickstream.kafka.tls import explain as explain_tls
 from clickstream.redact import redact
 
 __all__ = ["Broker", "router"]
@@ -52,24 +54,25 @@ class Broker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._admin: AdminClient | None = None
-        self._bootstrap: str | None = None
+        self._brokers: Brokers | None = None
         self._lock = threading.Lock()
 
     def _check(self) -> str | None:
-        from clickstream.services.embedded import bootstrap_servers
-
         with self._lock:
             try:
-                bootstrap = bootstrap_servers(self.settings)
+                address = brokers(self.settings)
             except ClickstreamError as exc:
                 return str(exc)
-            if self._admin is None or bootstrap != self._bootstrap:
-                self._admin = AdminClient(admin_config(bootstrap))
-                self._bootstrap = bootstrap
+            if self._admin is None or address != self._brokers:
+                self._admin = AdminClient(admin_config(address))
+                self._brokers = address
             try:
                 self._admin.list_topics(timeout=CHECK_SECONDS)
             except KafkaException as exc:
-                return f"cannot reach the broker at {bootstrap}: {exc.args[0].str()}"
+                why = exc.args[0].str()
+                if "ssl.ca.location" in address.properties:  # TLS: librdkafka says not why
+                    why = explain_tls(address) or why
+                return f"cannot reach the broker at {address}: {why}"
             return None
 
     async def check(self) -> str | None:

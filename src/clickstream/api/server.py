@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import threading
@@ -25,9 +26,10 @@ from dataclasses import dataclass
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from clickstream.config import SETTINGS, Settings, load_settings
+from clickstream.config import SETTINGS, Settings, load_settings, remember_secrets
 from clickstream.errors import ClickstreamError
 from clickstream.process import tune_garbage_collector
+from clickstream.redact import redact_logs
 
 __all__ = ["BackgroundServer", "app_from_environment", "run_in_background", "serve"]
 
@@ -56,10 +58,13 @@ def _export(settings: Settings) -> None:
         os.environ["CLICKSTREAM_CONFIG"] = settings.source
     for setting in SETTINGS:
         value = getattr(settings, setting.attr)
+        os.environ.pop(setting.file_env, None)  # read already: the value follows
         if value is None:
             os.environ[setting.env] = ""
         elif isinstance(value, bool):
             os.environ[setting.env] = "true" if value else "false"
+        elif isinstance(value, dict):
+            os.environ[setting.env] = json.dumps(value)
         else:
             os.environ[setting.env] = str(value)
 
@@ -77,8 +82,11 @@ def app_from_environment():
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    redact_logs()
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    app = create_app(load_settings())
+    settings = load_settings()
+    remember_secrets(settings)
+    app = create_app(settings)
     tune_garbage_collector()
     gc.freeze()
     return app

@@ -40,9 +40,9 @@ from clickstream.generate import view_lines
 from clickstream.ingest import Ingestor
 from clickstream.kafka.client import admin_config, ensure_topics
 from clickstream.kafka.producer import TimestampClock, produce_lines, stamp
+from clickstream.kafka.security import Brokers, brokers
 from clickstream.metrics import serve_consumer_metrics
 from clickstream.process import tune_garbage_collector
-from clickstream.services.embedded import bootstrap_servers
 from clickstream.store.batches import clean
 from clickstream.store.db import connect
 from clickstream.store.writer import copy_views
@@ -82,7 +82,7 @@ class IngestFigures:
 def run_ingest_benchmark(
     settings: Settings, *, events: int, seed: int, consumers: int = 2, metrics: str = "off"
 ) -> IngestFigures:
-    bootstrap = bootstrap_servers(settings)
+    bootstrap = brokers(settings)
     run = uuid.uuid4().hex[:8]
     bench = scratch_leg(settings, SCRATCH_DATABASE, f"ingest-{run}")
     print(
@@ -180,7 +180,7 @@ def _raw_copy(settings: Settings, lines: list[bytes]) -> float:
 
 
 def time_full_path(
-    settings: Settings, bootstrap: str, lines: list[bytes], consumers: int, *, metrics: bool
+    settings: Settings, bootstrap: Brokers, lines: list[bytes], consumers: int, *, metrics: bool
 ) -> tuple[float, float]:
     """Time (b); return (seconds until every row is stored, seconds the producer took)."""
     path = settings.data_dir / f"{settings.kafka_views_topic}.json"
@@ -193,7 +193,7 @@ def time_full_path(
 
 
 def _timed_pipeline(
-    settings: Settings, bootstrap: str, path: Path, total: int, consumers: int, metrics: bool
+    settings: Settings, bootstrap: Brokers, path: Path, total: int, consumers: int, metrics: bool
 ) -> tuple[float, float]:
     ensure_topics(
         bootstrap,
@@ -281,7 +281,7 @@ class _Member:
         self.stored = ctx.Value("q", 0, lock=False)
 
 
-def _consume(settings: Settings, bootstrap: str, assigned, stored, stop) -> None:
+def _consume(settings: Settings, bootstrap: Brokers, assigned, stored, stop) -> None:
     tune_garbage_collector()
     if settings.ingest_metrics_port:
         serve_consumer_metrics(settings)
@@ -297,7 +297,7 @@ def _consume(settings: Settings, bootstrap: str, assigned, stored, stop) -> None
     stored.value = ingestor.stats.views
 
 
-def produce_on_signal(bootstrap: str, topic: str, path: Path, go, done) -> None:
+def produce_on_signal(bootstrap: Brokers, topic: str, path: Path, go, done) -> None:
     tune_garbage_collector()
     with open(path, "rb") as handle:
         lines = handle.readlines()
@@ -307,7 +307,7 @@ def produce_on_signal(bootstrap: str, topic: str, path: Path, go, done) -> None:
     done.put((time.monotonic() - started, result.delivered))
 
 
-def delete_topics(bootstrap: str, topics: list[str]) -> None:
+def delete_topics(bootstrap: Brokers, topics: list[str]) -> None:
     """Tansu keeps topics in memory: give the benchmark's back."""
     admin = AdminClient(admin_config(bootstrap))
     for future in admin.delete_topics(topics, operation_timeout=15).values():

@@ -33,8 +33,8 @@ from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.generate import generate
 from clickstream.kafka.client import admin_config, ensure_topics
+from clickstream.kafka.security import Brokers, brokers
 from clickstream.realtime.source import RealtimeSource
-from clickstream.services.embedded import bootstrap_servers
 from clickstream.store.catalog import upsert_products
 from clickstream.store.db import connect
 
@@ -74,7 +74,7 @@ class RealtimeFigures:
         return self.window_rate / self.producer_rate
 
 
-def _produce(bootstrap: str, topic: str, events: int, users: int, seed: int, queue, go) -> None:
+def _produce(bootstrap: Brokers, topic: str, events: int, users: int, seed: int, queue, go) -> None:
     """The producer process: generate, say ready, send at max speed with probes."""
     from clickstream.kafka.producer import produce_lines
 
@@ -110,12 +110,12 @@ def run_realtime_benchmark(
     settings: Settings, *, events: int, users: int, seed: int
 ) -> RealtimeFigures:
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    bootstrap = bootstrap_servers(settings)
+    bootstrap = brokers(settings)
     run = uuid.uuid4().hex[:8]
     bench = dataclasses.replace(
         settings,
         database_url=scratch_database(settings, SCRATCH_DATABASE),
-        kafka_bootstrap_servers=bootstrap,
+        kafka_bootstrap_servers=bootstrap.bootstrap,
         kafka_views_topic=f"bench-realtime-{run}",
         # the whole run stays inside the window, so (b) can check it holds every event
         realtime_window_seconds=max(settings.realtime_window_seconds, 3600),
@@ -155,7 +155,7 @@ def _latency(settings: Settings, events: int, users: int, seed: int):
     producer = context.Process(
         target=_produce,
         args=(
-            settings.kafka_bootstrap_servers,
+            brokers(settings),
             settings.kafka_views_topic,
             events,
             users,

@@ -26,7 +26,7 @@ from clickstream.bench.ingest import (
 from clickstream.bench.scratch import scratch_leg
 from clickstream.config import Settings
 from clickstream.generate import view_lines
-from clickstream.services.embedded import bootstrap_servers
+from clickstream.kafka.security import Brokers, brokers
 
 __all__ = ["SparkIngestFigures", "run_spark_ingest_benchmark"]
 
@@ -61,7 +61,7 @@ def run_spark_ingest_benchmark(
     from clickstream.spark.session import check_prerequisites
 
     check_prerequisites()
-    bootstrap = bootstrap_servers(settings)
+    bootstrap = brokers(settings)
     run = uuid.uuid4().hex[:8]
     started = time.monotonic()
     lines = view_lines(events, seed=seed)
@@ -100,7 +100,7 @@ def run_spark_ingest_benchmark(
 
 
 def _spark_leg(
-    settings: Settings, bootstrap: str, lines: list[bytes], master: str | None
+    settings: Settings, bootstrap: Brokers, lines: list[bytes], master: str | None
 ) -> tuple[float, float, float, str]:
     """(start-up, first rows after start, seconds from first send to last row, master)."""
     from clickstream.spark.engine import SparkIngestor

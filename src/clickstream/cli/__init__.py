@@ -17,9 +17,10 @@ import warnings
 from clickstream import __version__
 from clickstream.cli import bench, data, dead_letters, lifecycle, pipeline, privacy, services
 from clickstream.cli._common import Parser
-from clickstream.config import load_settings
+from clickstream.config import load_settings, remember_secrets
 from clickstream.errors import ClickstreamError, SchemaOutOfDate, UsageError
 from clickstream.process import tune_garbage_collector
+from clickstream.redact import redact, redact_logs
 
 __all__ = ["build_parser", "main"]
 
@@ -61,17 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     # pgserver narrates every pg_ctl call at INFO and platformdirs warns about a missing
     # XDG_RUNTIME_DIR; neither tells a user anything.
+    redact_logs()
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     tune_garbage_collector()
     try:
         settings = load_settings(args.config)
+        remember_secrets(settings)
         return args.func(settings, args)
     except (UsageError, SchemaOutOfDate) as exc:
-        print(f"clickstream: error: {exc}", file=sys.stderr)
+        print(f"clickstream: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except ClickstreamError as exc:
-        print(f"clickstream: error: {exc}", file=sys.stderr)
+        print(f"clickstream: error: {redact(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("clickstream: interrupted", file=sys.stderr)

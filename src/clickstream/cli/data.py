@@ -83,10 +83,10 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
 
     from clickstream.kafka.client import ensure_topics
     from clickstream.kafka.producer import produce_lines
-    from clickstream.services.embedded import bootstrap_servers
+    from clickstream.kafka.security import brokers
 
-    bootstrap = bootstrap_servers(settings)
-    ensure_topics(bootstrap, [args.topic], settings.kafka_partitions)
+    address = brokers(settings)
+    ensure_topics(address, [args.topic], settings.kafka_partitions)
     rate = None if args.max_speed else args.rate
     total = _count_lines(args.file)
     if args.limit is not None:
@@ -96,7 +96,7 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     print(f"producing {total:,} events from {args.file} to {args.topic} {pace}", file=sys.stderr)
     with open(args.file, "rb") as lines, tqdm(total=total, unit="ev", unit_scale=True) as bar:
         result = produce_lines(
-            bootstrap,
+            address,
             args.topic,
             lines,
             rate=rate,

@@ -24,8 +24,8 @@ log = logging.getLogger("clickstream")
 
 
 def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
+    from clickstream.kafka.security import brokers
     from clickstream.metrics import serve_consumer_metrics
-    from clickstream.services.embedded import bootstrap_servers
 
     if args.metrics_port is not None:
         settings = dataclasses.replace(settings, ingest_metrics_port=args.metrics_port)
@@ -43,15 +43,13 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
         check_prerequisites()
         from clickstream.spark.engine import SparkIngestor
 
-        ingestor = SparkIngestor(
-            settings, bootstrap_servers(settings), master=args.master, stop=stop
-        )
+        ingestor = SparkIngestor(settings, brokers(settings), master=args.master, stop=stop)
     else:
         from clickstream.ingest import Ingestor
 
         if args.master:
             raise UsageError("--master applies to --engine spark only")
-        ingestor = Ingestor(settings, bootstrap_servers(settings), stop=stop)
+        ingestor = Ingestor(settings, brokers(settings), stop=stop)
     stats = ingestor.run(until_idle=args.until_idle)
     took = time.monotonic() - stats.started
     print(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +17,14 @@ from typing import Any
 
 import yaml
 
+from clickstream import redact
 from clickstream.config.declared import SETTINGS, Setting
 from clickstream.config.values import CONFIG_ENV, ENV_PREFIX, default_data_dir
 from clickstream.errors import ConfigError
 from clickstream.event_time import EventTimeRule
 from clickstream.events import Kind
 
-__all__ = ["SETTINGS", "Setting", "Settings", "load_settings"]
+__all__ = ["SETTINGS", "Setting", "Settings", "load_settings", "remember_secrets"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,14 @@ class Settings:
     kafka_partitions: int
     kafka_consumer_group: str
     kafka_session_timeout_ms: int
+    kafka_security_protocol: str
+    kafka_ssl_ca_file: str | None
+    kafka_ssl_cert_file: str | None
+    kafka_ssl_key_file: str | None
+    kafka_sasl_mechanism: str | None
+    kafka_sasl_username: str | None
+    kafka_sasl_password: str | None
+    kafka_options: dict[str, str]
     database_url: str | None
     database_auto_migrate: bool
     ingest_batch_size: int
@@ -137,7 +147,7 @@ def _flatten(document: Mapping[str, Any], origin: str) -> dict[str, Any]:
 
 def _check_variables(env: Mapping[str, str]) -> None:
     """A misspelt CLICKSTREAM_* variable would otherwise be silently ignored."""
-    known = {s.env for s in SETTINGS} | {CONFIG_ENV}
+    known = {s.env for s in SETTINGS} | {s.file_env for s in SETTINGS if s.secret} | {CONFIG_ENV}
     for name in sorted(env):
         if name.startswith(ENV_PREFIX) and name not in known:
             raise _unknown(name, known)
@@ -188,6 +198,70 @@ def _check_retention(values: Mapping[str, Any]) -> None:
             )
 
 
+def _from_environment(setting: Setting, env: Mapping[str, str]) -> tuple[Any, str] | None:
+    """The value the environment gives, from the variable or (a secret) the file it names."""
+    if setting.secret and env.get(setting.file_env):
+        if setting.env in env:
+            raise ConfigError(f"set {setting.env} or {setting.file_env}, not both")
+        path = Path(env[setting.file_env])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise ConfigError(f"{setting.file_env}={path}: cannot read it: {why}") from None
+        # Secrets files usually end in a newline that is not part of the secret.
+        return text.rstrip("\r\n"), f"{setting.file_env}={path}"
+    if setting.env in env:
+        return env[setting.env], setting.env
+    return None
+
+
+def _parse(setting: Setting, raw: Any, origin: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        if setting.secret:  # never quote a secret, not even a mistyped one
+            raise ConfigError(f"{origin}: {exc}") from None
+        raise ConfigError(f"{origin}={raw!r}: {exc}") from None
+
+
+def _check_kafka_security(values: Mapping[str, Any]) -> None:
+    """Settings that only make sense together: caught at start rather than at the broker."""
+    protocol = values["kafka_security_protocol"]
+    sasl = protocol.startswith("SASL_")
+    if values["kafka_bootstrap_servers"] is None and protocol != "PLAINTEXT":
+        raise ConfigError(
+            f"kafka.security_protocol={protocol} needs kafka.bootstrap_servers"
+            " (the embedded broker only speaks PLAINTEXT)"
+        )
+    if sasl and values["kafka_sasl_mechanism"] is None:
+        raise ConfigError(f"kafka.security_protocol={protocol} needs kafka.sasl_mechanism")
+    if not sasl and values["kafka_sasl_mechanism"] is not None:
+        raise ConfigError(
+            "kafka.sasl_mechanism is set but kafka.security_protocol is"
+            f" {protocol}: use SASL_SSL (or SASL_PLAINTEXT)"
+        )
+    if values["kafka_sasl_mechanism"] in {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}:
+        for name in ("kafka_sasl_username", "kafka_sasl_password"):
+            if values[name] is None:
+                raise ConfigError(
+                    f"kafka.sasl_mechanism={values['kafka_sasl_mechanism']} needs"
+                    f" {name.replace('kafka_', 'kafka.')}"
+                )
+    if (values["kafka_ssl_cert_file"] is None) != (values["kafka_ssl_key_file"] is None):
+        raise ConfigError("kafka.ssl_cert_file and kafka.ssl_key_file go together: set both")
+
+
+def remember_secrets(settings: Settings) -> None:
+    """Hide the secrets' values from every message of this process (`clickstream.redact`);
+    the database URL's password is found by pattern, in whichever form the URL is written.
+    Called where a process takes its settings for good (the CLI, the API's workers)."""
+    redact.remember(settings.kafka_sasl_password, settings.api_key, settings.privacy_hash_key)
+    redact.remember(
+        *(v for k, v in settings.kafka_options.items() if re.search(r"password|secret|jaas", k))
+    )
+
+
 def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -202,16 +276,14 @@ def load_settings(
         raw, origin = setting.default, "default"
         if setting.key in from_file:
             raw, origin = from_file[setting.key], f"{path}: {setting.key}"
-        if setting.env in env:
-            raw, origin = env[setting.env], setting.env
-        if raw is None:
-            values[setting.attr] = None
-            continue
-        try:
-            values[setting.attr] = setting.parse(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{origin}={raw!r}: {exc}") from None
+        given = _from_environment(setting, env)
+        if given is not None:
+            raw, origin = given
+        if raw is None and isinstance(setting.default, dict):
+            raw = {}  # `options:` left empty in the file: no options, not None
+        values[setting.attr] = None if raw is None else _parse(setting, raw, origin)
     _check_retention(values)
     values["data_dir"] = Path(values["data_dir"] or default_data_dir()).expanduser()
     values["reports_dir"] = Path(values["reports_dir"]).expanduser()
+    _check_kafka_security(values)
     return Settings(**values, source=str(path) if path else "defaults")

@@ -17,6 +17,8 @@ from clickstream.config.values import (
     bootstrap_servers,
     choice,
     int_at_least,
+    librdkafka_options,
+    optional_choice,
     optional_text,
     positive_float,
     share,
@@ -27,16 +29,26 @@ __all__ = ["SETTINGS", "Setting"]
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting: its YAML path (`section.name`), parser, default and one-line meaning."""
+    """One setting: its YAML path (`section.name`), parser, default and one-line meaning.
+
+    A `secret` setting can also be read from the file named by `<env>_FILE` (the Docker and
+    Kubernetes secrets convention), and its value is never quoted in an error message.
+    """
 
     key: str
     parse: Callable[[Any], Any]
     default: Any
     help: str
+    secret: bool = False
 
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.key.replace(".", "_").upper()
+
+    @property
+    def file_env(self) -> str:
+        """The variable naming a file that holds a secret setting's value."""
+        return self.env + "_FILE"
 
     @property
     def attr(self) -> str:
@@ -63,10 +75,58 @@ SETTINGS: tuple[Setting, ...] = (
         "consumer session timeout; low values make a group start fast",
     ),
     Setting(
+        "kafka.security_protocol",
+        choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL", upper=True),
+        "PLAINTEXT",
+        "how every Kafka client talks to the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL",
+    ),
+    Setting(
+        "kafka.ssl_ca_file",
+        optional_text,
+        None,
+        "PEM file of the CA that signed the brokers' certificates; empty means the system's",
+    ),
+    Setting(
+        "kafka.ssl_cert_file",
+        optional_text,
+        None,
+        "PEM file of this client's certificate, for brokers that require one (mutual TLS)",
+    ),
+    Setting("kafka.ssl_key_file", optional_text, None, "PEM file of that certificate's key"),
+    Setting(
+        "kafka.sasl_mechanism",
+        optional_choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"),
+        None,
+        "SASL mechanism of the SASL_* protocols: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or"
+        " OAUTHBEARER",
+    ),
+    Setting(
+        "kafka.sasl_username",
+        optional_text,
+        None,
+        "SASL user name (the client id for OAUTHBEARER)",
+    ),
+    Setting(
+        "kafka.sasl_password",
+        optional_text,
+        None,
+        "SASL password (the client secret for OAUTHBEARER)",
+        secret=True,
+    ),
+    Setting(
+        "kafka.options",
+        librdkafka_options,
+        {},
+        "any other librdkafka property, as a map; from the environment as a JSON object or"
+        " name=value,name=value",
+        secret=True,
+    ),
+    Setting(
         "database.url",
         optional_text,
         None,
         "PostgreSQL connection URL; empty means the embedded pgserver",
+        secret=True,
     ),
     Setting(
         "database.auto_migrate",
@@ -140,6 +200,7 @@ SETTINGS: tuple[Setting, ...] = (
         optional_text,
         None,
         "when set, every /api/ request and /metrics need this key",
+        secret=True,
     ),
     Setting(
         "api.metrics",
@@ -190,6 +251,7 @@ SETTINGS: tuple[Setting, ...] = (
         optional_text,
         None,
         "secret key of the keyed hash (HMAC) that erasure records keep instead of a user id",
+        secret=True,
     ),
     Setting(
         "spark.master",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,86 @@ def boolean(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
-def choice(*choices: str) -> Callable[[Any], str]:
+def choice(*choices: str, upper: bool = False) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
-        text = as_text(value).lower()
+        text = as_text(value)
+        text = text.upper() if upper else text.lower()
         if text not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}")
         return text
 
     return parse
+
+
+def optional_choice(*choices: str) -> Callable[[Any], str | None]:
+    """One of `choices` (written in capitals, as Kafka spells them), or nothing."""
+    exact = choice(*choices, upper=True)
+
+    def parse(value: Any) -> str | None:
+        return None if optional_text(value) is None else exact(value)
+
+    return parse
+
+
+# librdkafka's property names: lower case words joined by dots (ssl.endpoint.identification...)
+_PROPERTY = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*")
+# What a dedicated setting says (two places for one thing would leave the reader guessing),
+# and what the project's correctness rests on: offsets are committed only once stored.
+OWNED_PROPERTIES = {
+    "bootstrap.servers": "kafka.bootstrap_servers",
+    "security.protocol": "kafka.security_protocol",
+    "ssl.ca.location": "kafka.ssl_ca_file",
+    "ssl.certificate.location": "kafka.ssl_cert_file",
+    "ssl.key.location": "kafka.ssl_key_file",
+    "sasl.mechanism": "kafka.sasl_mechanism",
+    "sasl.mechanisms": "kafka.sasl_mechanism",
+    "sasl.username": "kafka.sasl_username",
+    "sasl.password": "kafka.sasl_password",
+    "group.id": "kafka.consumer_group",
+    "enable.auto.commit": "clickstream (offsets are committed once stored)",
+    "enable.auto.offset.store": "clickstream (offsets are committed once stored)",
+    "enable.partition.eof": "clickstream",
+    "logger": "clickstream",
+    "error_cb": "clickstream",
+}
+
+
+def _pairs(text: str) -> Mapping[str, Any]:
+    """`name=value,name=value`, or a JSON object when the text starts with `{`."""
+    if text.startswith("{"):
+        try:
+            found = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a valid JSON object ({exc.msg})") from None
+        if not isinstance(found, dict):
+            raise ValueError("expected a JSON object of librdkafka properties")
+        return found
+    pairs: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = entry.partition("=")
+        if not equals:
+            # the entry itself is not quoted: it may hold a secret
+            raise ValueError("expected name=value[,name=value...] or a JSON object")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+
+def librdkafka_options(value: Any) -> dict[str, str]:
+    """Extra librdkafka properties: a YAML map, or from the environment a JSON object or
+    `name=value,name=value`. Values are never quoted in a message: one may be a secret."""
+    if value is None:
+        return {}
+    pairs = value if isinstance(value, Mapping) else _pairs(as_text(value))
+    options: dict[str, str] = {}
+    for name, raw in pairs.items():
+        name = str(name).strip()
+        if not _PROPERTY.fullmatch(name):
+            raise ValueError(f"{name!r} is not a librdkafka property name")
+        if name in OWNED_PROPERTIES:
+            raise ValueError(f"{name} is set by {OWNED_PROPERTIES[name]}, not here")
+        if isinstance(raw, bool):
+            raw = "true" if raw else "false"
+        if not isinstance(raw, str | int | float):
+            raise ValueError(f"{name} must be text, a number or true/false")
+        options[name] = str(raw).strip()
+    return options

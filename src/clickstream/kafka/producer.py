@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import orjson
 from confluent_kafka import KafkaException, Producer
 
-from clickstream.kafka.client import producer_config
+from clickstream.kafka.client import Brokers, producer_config
 
 __all__ = ["ProduceResult", "TimestampClock", "produce_lines", "stamp"]
 
@@ -66,7 +66,7 @@ def stamp(line: bytes, timestamp: str, *, keep: bool = False) -> tuple[bytes | N
 
 
 def produce_lines(
-    bootstrap: str,
+    brokers: Brokers | str,
     topic: str,
     lines: Iterable[bytes],
     *,
@@ -83,7 +83,7 @@ def produce_lines(
     ends the replay early; what was sent before is still delivered.
     """
     result = ProduceResult()
-    producer = Producer(producer_config(bootstrap, **(config or {})))
+    producer = Producer(producer_config(brokers, **(config or {})))
     clock = TimestampClock()
 
     def delivered(err, _msg) -> None:

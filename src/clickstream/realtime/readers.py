@@ -23,8 +23,8 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from clickstream.errors import ClickstreamError
 from clickstream.event_time import EventTimeRule, epoch_ms
 from clickstream.events import Kind, RawEvent, clean_batch
-from clickstream.kafka.logs import LOG as KAFKA_LOG
 from clickstream.kafka.records import is_partition_eof, raw_event
+from clickstream.kafka.security import Brokers
 from clickstream.process import tune_garbage_collector
 
 __all__ = ["Share", "partitions", "read_share"]
@@ -37,7 +37,7 @@ POLL_SECONDS = 0.05
 class Share:
     """What one reader process reads: its partitions, from `since_ms` on."""
 
-    bootstrap: str
+    brokers: Brokers
     topic: str
     partitions: tuple[int, ...]
     since_ms: int
@@ -45,8 +45,8 @@ class Share:
     rule: EventTimeRule
 
 
-def partitions(bootstrap: str, topic: str) -> list[int]:
-    consumer = _consumer(bootstrap)
+def partitions(brokers: Brokers, topic: str) -> list[int]:
+    consumer = _consumer(brokers)
     try:
         found = consumer.list_topics(topic, timeout=10).topics.get(topic)
     finally:
@@ -56,21 +56,22 @@ def partitions(bootstrap: str, topic: str) -> list[int]:
     return sorted(found.partitions)
 
 
-def _consumer(bootstrap: str) -> Consumer:
+def _consumer(brokers: Brokers) -> Consumer:
     return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "logger": KAFKA_LOG,
-            # librdkafka wants a group id even for assigned partitions; nothing is committed.
-            "group.id": f"clickstream-realtime-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 50,
-            # "reached the end" events: how we know the backlog was read (Tansu's high
-            # watermarks lag behind, so comparing offsets with them would stop short).
-            "enable.partition.eof": True,
-        }
+        brokers.config(
+            **{
+                # librdkafka wants a group id even for assigned partitions; nothing is
+                # committed.
+                "group.id": f"clickstream-realtime-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 50,
+                # "reached the end" events: how we know the backlog was read (Tansu's high
+                # watermarks lag behind, so comparing offsets with them would stop short).
+                "enable.partition.eof": True,
+            }
+        )
     )
 
 
@@ -80,7 +81,7 @@ def read_share(share: Share, sender: Connection, stop) -> None:
     tune_garbage_collector()
     parent = multiprocessing.parent_process()
     try:
-        consumer = _consumer(share.bootstrap)
+        consumer = _consumer(share.brokers)
         try:
             offsets, reread = _seek(consumer, share)
             sender.send_bytes(marshal.dumps(("assigned", offsets, reread)))

@@ -43,6 +43,7 @@ from confluent_kafka import KafkaException
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.kafka.client import ensure_topics
+from clickstream.kafka.security import Brokers, brokers
 from clickstream.metrics import LiveReading
 from clickstream.privacy import user_hash
 from clickstream.realtime.readers import POLL_SECONDS, Share, read_share
@@ -87,7 +88,7 @@ class RealtimeSource:
         self,
         settings: Settings,
         *,
-        bootstrap: str | None = None,
+        bootstrap: Brokers | str | None = None,
         clock: Callable[[], int] = _now_ms,
         catalog_refresh_seconds: float = CATALOG_REFRESH_SECONDS,
     ) -> None:
@@ -229,11 +230,9 @@ class RealtimeSource:
 
     def _read(self) -> None:
         """Run one generation of reader processes until stopped; raise when one fails."""
-        from clickstream.services.embedded import bootstrap_servers
-
-        bootstrap = self._bootstrap or bootstrap_servers(self.settings)
-        ensure_topics(bootstrap, [self.topic], self.settings.kafka_partitions)
-        partitions = topic_partitions(bootstrap, self.topic)
+        address = brokers(self.settings, self._bootstrap)  # the embedded one may have moved
+        ensure_topics(address, [self.topic], self.settings.kafka_partitions)
+        partitions = topic_partitions(address, self.topic)
         count = min(self.settings.realtime_readers, len(partitions))
         with self._lock:
             # A fresh window per generation: it is rebuilt from the seek, as on start.
@@ -247,7 +246,7 @@ class RealtimeSource:
             for index in range(count):
                 receiver, sender = context.Pipe(duplex=False)
                 share = Share(
-                    bootstrap,
+                    address,
                     self.topic,
                     tuple(partitions[index::count]),
                     since,

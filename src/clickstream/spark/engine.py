@@ -28,6 +28,7 @@ from clickstream.config import Settings
 from clickstream.errors import Unavailable
 from clickstream.ingest import IngestStats, log_progress
 from clickstream.kafka.client import ensure_topics
+from clickstream.kafka.security import Brokers, brokers, java_client_options
 from clickstream.spark.sink import BatchSink, warm_up
 
 __all__ = ["SparkIngestor", "checkpoint_dir"]
@@ -53,14 +54,14 @@ class SparkIngestor:
     def __init__(
         self,
         settings: Settings,
-        bootstrap: str,
+        bootstrap: Brokers | str,
         *,
         master: str | None = None,
         stop: threading.Event | None = None,
         spark=None,
     ) -> None:
         self.settings = settings
-        self.bootstrap = bootstrap
+        self.brokers = brokers(settings, bootstrap)
         self.master = master or settings.spark_master
         self.stop = stop or threading.Event()
         self._spark = spark
@@ -100,7 +101,7 @@ class SparkIngestor:
             log.info(
                 "consuming %s from %s on Spark %s (%s source, writes in %s), checkpoint %s",
                 ", ".join(settings.topics),
-                self.bootstrap,
+                self.brokers,
                 master,
                 settings.spark_source,
                 "tasks" if self.sink.tasks else "the driver",
@@ -122,7 +123,7 @@ class SparkIngestor:
         settings = self.settings
         with ThreadPoolExecutor(1, thread_name_prefix="spark-start") as pool:
             session = pool.submit(spark_session, self.master) if self._spark is None else None
-            ensure_topics(self.bootstrap, list(settings.topics), settings.kafka_partitions)
+            ensure_topics(self.brokers, list(settings.topics), settings.kafka_partitions)
             # The schema is current before any task writes: migrated here, as the default
             # engine does on first start, when allowed and the role may.
             self.sink.store.connect_and_migrate()
@@ -135,12 +136,14 @@ class SparkIngestor:
         if settings.spark_source == "kafka":
             reader = (
                 spark.readStream.format("kafka")
-                .option("kafka.bootstrap.servers", self.bootstrap)
+                .option("kafka.bootstrap.servers", self.brokers.bootstrap)
                 .option("subscribe", ",".join(kinds))
                 .option("startingOffsets", "earliest")
                 .option("failOnDataLoss", "false")
                 .option("maxOffsetsPerTrigger", str(settings.spark_max_batch_events))
             )
+            for name, value in java_client_options(settings).items():
+                reader = reader.option(f"kafka.{name}", value)
             return reader.load().selectExpr(
                 "topic",
                 "partition",
@@ -148,23 +151,27 @@ class SparkIngestor:
                 "value",
                 "CAST(unix_millis(timestamp) AS BIGINT) AS timestamp_ms",
             )
-        from clickstream.spark.kafka_source import NAME, KafkaSource
+        from clickstream.spark.kafka_source import NAME, PROPERTY_PREFIX, KafkaSource
 
         spark.dataSource.register(KafkaSource)
-        return (
+        reader = (
             spark.readStream.format(NAME)
-            .option("bootstrap.servers", self.bootstrap)
+            .option("bootstrap.servers", self.brokers.bootstrap)
             .option("topics", json.dumps(kinds))
             .option("group.id", settings.kafka_consumer_group)
             .option("max_events", str(settings.spark_max_batch_events))
             .option("stop_file", stop_file)
-            .load()
         )
+        # One option per property: Spark redacts the values of options named like a password
+        # or a secret in the plans and logs it prints.
+        for name, value in self.brokers.properties.items():
+            reader = reader.option(f"{PROPERTY_PREFIX}{name}", value)
+        return reader.load()
 
     def _watch(self, query, until_idle: float | None) -> None:
         settings = self.settings
         committer = (
-            _OffsetCommitter(self.bootstrap, settings) if settings.spark_commit_offsets else None
+            _OffsetCommitter(self.brokers, settings) if settings.spark_commit_offsets else None
         )
         next_log = time.monotonic() + settings.ingest_log_every_seconds
         last_logged = (0, time.monotonic())
@@ -252,13 +259,11 @@ class _OffsetCommitter:
     Spark's checkpoint stays the source of truth; a brand-new query starts from these.
     """
 
-    def __init__(self, bootstrap: str, settings: Settings) -> None:
+    def __init__(self, brokers: Brokers, settings: Settings) -> None:
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": settings.kafka_consumer_group,
-                "enable.auto.commit": False,
-            }
+            brokers.config(
+                **{"group.id": settings.kafka_consumer_group, "enable.auto.commit": False}
+            )
         )
         self._committed: str | None = None
 

@@ -28,10 +28,12 @@ from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMa
 
 from clickstream.events import Kind, RawEvent
 from clickstream.kafka.records import is_partition_eof, raw_event
+from clickstream.kafka.security import Brokers
 
-__all__ = ["KafkaSource", "SCHEMA"]
+__all__ = ["PROPERTY_PREFIX", "KafkaSource", "SCHEMA"]
 
 NAME = "clickstream_kafka"
+PROPERTY_PREFIX = "kafka."  # options carrying a librdkafka property (security, kafka.options)
 SCHEMA = "topic string, partition int, offset long, value binary, timestamp_ms long"
 _ARROW_SCHEMA = pa.schema(
     [
@@ -75,7 +77,8 @@ class KafkaSource(DataSource):
 class KafkaStreamReader(DataSourceStreamReader):
     """Plans micro-batches on the driver; `read` runs in the tasks.
 
-    Options: `bootstrap.servers`, `topics` (JSON: each topic's event kind), `group.id` (its
+    Options: `bootstrap.servers`, `kafka.<property>` for each librdkafka property of
+    `Brokers.properties`, `topics` (JSON: each topic's event kind), `group.id` (its
     committed offsets are where a brand-new query starts), `max_events` (the default read
     limit of a micro-batch) and `stop_file`: once that file exists no new data is admitted
     and the file `<stop_file>.ack` says so, which lets the engine stop the query between
@@ -83,7 +86,14 @@ class KafkaStreamReader(DataSourceStreamReader):
     """
 
     def __init__(self, options: dict[str, str]) -> None:
-        self.bootstrap = options["bootstrap.servers"]
+        self.brokers = Brokers(
+            options["bootstrap.servers"],
+            {
+                name.removeprefix(PROPERTY_PREFIX): value
+                for name, value in options.items()
+                if name.startswith(PROPERTY_PREFIX)
+            },
+        )
         self.kinds = {topic: Kind(kind) for topic, kind in json.loads(options["topics"]).items()}
         self.topics = list(self.kinds)
         self.group = options["group.id"]
@@ -95,7 +105,7 @@ class KafkaStreamReader(DataSourceStreamReader):
 
     def _watcher(self) -> _EndWatcher:
         if self._ends is None:
-            self._ends = _EndWatcher(self.bootstrap, self.topics)
+            self._ends = _EndWatcher(self.brokers, self.topics)
         return self._ends
 
     def initialOffset(self) -> Offsets:
@@ -137,7 +147,7 @@ class KafkaStreamReader(DataSourceStreamReader):
     # -- task side ----------------------------------------------------------------------------
 
     def read(self, partition: KafkaRange) -> Iterator[pa.RecordBatch]:
-        return read_range(self.bootstrap, self.group, self.kinds, partition)
+        return read_range(self.brokers, self.group, self.kinds, partition)
 
 
 def admit(start: Offsets, ends: Offsets, max_events: int) -> Offsets:
@@ -161,18 +171,19 @@ def admit(start: Offsets, ends: Offsets, max_events: int) -> Offsets:
 class _EndWatcher:
     """A consumer parked at the end of every partition, for the fetch responses' watermarks."""
 
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, brokers: Brokers, topics: list[str]) -> None:
+        self._brokers = brokers
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": "clickstream-spark-offsets",  # never joins or commits
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 100,
-                "max.partition.fetch.bytes": 65536,
-                "fetch.max.bytes": 1 << 20,
-                "queued.max.messages.kbytes": 1024,
-            }
+            brokers.config(
+                **{
+                    "group.id": "clickstream-spark-offsets",  # never joins or commits
+                    "enable.auto.commit": False,
+                    "fetch.wait.max.ms": 100,
+                    "max.partition.fetch.bytes": 65536,
+                    "fetch.max.bytes": 1 << 20,
+                    "queued.max.messages.kbytes": 1024,
+                }
+            )
         )
         metadata = self._consumer.list_topics(timeout=15)
         self._partitions = []
@@ -187,7 +198,7 @@ class _EndWatcher:
         self.last: Offsets | None = None
 
     def starts(self, group: str) -> Offsets:
-        probe = Consumer({"bootstrap.servers": self._bootstrap, "group.id": group})
+        probe = Consumer(self._brokers.config(**{"group.id": group}))
         try:
             committed = probe.committed(self._partitions, timeout=15)
         finally:
@@ -231,17 +242,18 @@ class _EndWatcher:
 
 
 def read_range(
-    bootstrap: str, group: str, kinds: Mapping[str, Kind], part: KafkaRange
+    brokers: Brokers, group: str, kinds: Mapping[str, Kind], part: KafkaRange
 ) -> Iterator[pa.RecordBatch]:
     """The records of one range as Arrow batches, read in offset order."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,  # assigned, never joins; offsets are Spark's
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 100,
-        }
+        brokers.config(
+            **{
+                "group.id": group,  # assigned, never joins; offsets are Spark's
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 100,
+            }
+        )
     )
     try:
         consumer.assign([TopicPartition(part.topic, part.partition, part.start)])
