@@ -86,6 +86,8 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         "SPARK_DAEMON_MEMORY": "256m",
         "SPARK_CONF_DIR": str(conf_dir),
         "SPARK_NO_DAEMONIZE": "1",
+        # Its REST submission server would take port 6066, which another cluster may hold.
+        "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
     }
     port = free_port()
     url = f"spark://127.0.0.1:{port}"
