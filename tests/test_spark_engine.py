@@ -331,12 +331,15 @@ def assert_derived_tables_recomputed(p: Pipeline) -> None:
 
 @pytest.mark.parametrize("engine", ["spark", "spark-tasks"])
 def test_a_stop_during_a_database_outage_ends_and_leaves_the_micro_batch_to_the_next_run(
-    pipeline, spark, engine
+    pipeline, spark, engine, monkeypatch
 ):
     """Each sink's writes retry an outage until it ends; a stop must not wait for that: the
     run ends, the micro-batch is not recorded as done, and the next run stores it once."""
+    from clickstream.spark import engine as spark_engine
     from clickstream.spark.engine import SparkIngestor, checkpoint_dir
     from clickstream.store.batches import APPLICATION_NAME
+
+    monkeypatch.setattr(spark_engine, "_STOP_GRACE", 3.0)  # 15 s in production
 
     p = fast(pipeline)
     if engine == "spark-tasks":
