@@ -9,7 +9,10 @@ a crash, and the writer's `ON CONFLICT` makes that replay store nothing.
 Stopping: Spark's streaming thread must not be interrupted inside a Python `foreachBatch`,
 so the query is stopped between micro-batches. The Python source admits no new data once
 asked to (a stop file) and acknowledges it from the planning step; a micro-batch planned
-before that has then finished, and `query.stop()` interrupts nothing.
+before that has then finished, and `query.stop()` interrupts nothing. A micro-batch that
+does not finish within `_STOP_GRACE` (its writes retrying a database outage, in the driver
+or in tasks on other machines) has its Spark jobs cancelled: nothing of it is recorded as
+done, and the next start reads it again (what it had stored stays, and is a duplicate).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = ["SparkIngestor", "checkpoint_dir"]
 log = logging.getLogger("clickstream.spark")
 
 _POLL = 0.1  # seconds between looks at the running query
+_STOP_GRACE = 15.0  # seconds a running micro-batch may take to finish once a stop is asked
 
 
 def checkpoint_dir(settings: Settings) -> str:
@@ -112,7 +116,7 @@ class SparkIngestor:
                 log.debug("Python workers warm %.1fs after start", time.monotonic() - started)
                 self._watch(query, until_idle)
             finally:
-                self._stop_between_batches(query, stop_file)
+                self._stop_between_batches(spark, query, stop_file)
                 self.sink.store.close()
         return self.stats
 
@@ -212,21 +216,42 @@ class SparkIngestor:
                 committer.commit(query.lastProgress)
                 committer.close()
 
-    def _stop_between_batches(self, query, stop_file: str) -> None:
+    def _stop_between_batches(self, spark, query, stop_file: str) -> None:
         """Stop once no micro-batch is running and none can start (see the module's notes)."""
         if not query.isActive:
             return
+        deadline = time.monotonic() + _STOP_GRACE
         if self.settings.spark_source == "kafka":
             # Spark's own source cannot be told to admit nothing: wait for a quiet moment.
-            while query.isActive and (self.sink.busy or query.status["isTriggerActive"]):
-                time.sleep(_POLL)
+            def running() -> bool:
+                return self.sink.busy or query.status["isTriggerActive"]
         else:
             Path(stop_file).touch()
             ack = Path(stop_file + ".ack")
-            while query.isActive and not ack.exists():
-                time.sleep(_POLL)
+
+            def running() -> bool:
+                return not ack.exists()
+
+        while query.isActive and running():
+            if time.monotonic() >= deadline and self.sink.busy:
+                self._cancel_micro_batch(spark, query)
+                break
+            time.sleep(_POLL)
         query.stop()
         log.info("Spark query stopped")
+
+    def _cancel_micro_batch(self, spark, query) -> None:
+        """Cancel the running micro-batch's jobs (Spark runs them in the group of the query's
+        run id); its failure ends the query, and nothing of it is recorded as done."""
+        log.warning(
+            "stopping: the micro-batch still running %.0fs after the stop (a fault being"
+            " retried?) is cancelled; the next start reads it again",
+            _STOP_GRACE,
+        )
+        spark.sparkContext.cancelJobGroup(str(query.runId))
+        deadline = time.monotonic() + _STOP_GRACE
+        while query.isActive and self.sink.busy and time.monotonic() < deadline:
+            time.sleep(_POLL)
 
 
 def _offsets(text: str | None) -> dict[str, dict[str, int]]:

@@ -6,15 +6,18 @@ dead-lettered), so both engines store the same rows. Duplicates are recognised b
 `messageid`, never by Spark's batch or partition ids: a replayed micro-batch may be cut
 differently and still changes nothing.
 
-Two ways to write, one per deployment:
-- `driver`: the batch is collected to the driver as Arrow and written in one transaction.
-  Simplest and fastest on one machine (local mode). Its stages overlap: each chunk of Arrow
-  rows is cleaned as it arrives and handed to a writer thread that writes it into the
-  micro-batch's open transaction, while the tasks still read the rest; the transaction
-  commits once the last chunk is in, so the micro-batch stays all or nothing.
+Two ways to write, one per deployment, through pyspark's public API only:
+- `driver`: the batch is collected to the driver as Arrow (`toArrow`) and written in one
+  transaction. Simplest on one machine (local mode). Cleaning and writing overlap: each
+  chunk of Arrow rows is cleaned and handed to a writer thread that writes it into the
+  micro-batch's open transaction while the next is cleaned; the transaction commits once
+  the last chunk is in, so the micro-batch stays all or nothing.
 - `tasks`: each task cleans and writes its own share in its own transaction (`mapInArrow`)
   and returns its counts. On a cluster the data never travels to the driver; a retried or
-  speculative task writes nothing twice.
+  speculative task writes nothing twice. The transaction also records the share's counts
+  (`spark_task_shares`), so a task retried after its first attempt committed (its executor
+  died before Spark heard of it) reports what that attempt stored: the summary and the
+  metrics count each share once, whichever attempt Spark keeps.
 """
 
 from __future__ import annotations
@@ -22,11 +25,10 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import queue
-import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -49,9 +51,6 @@ COLUMNS = ("topic", "partition", "offset", "value", "timestamp_ms")
 # What a task reports of its share: its counts and what metrics count (JSON, see write_share).
 _SHARE = "share string"
 _SHARE_SCHEMA = pa.schema([("share", pa.string())])
-# Test hook: SIGKILL the whole job right after this micro-batch's rows committed in
-# PostgreSQL and before Spark recorded the batch as done (see tests/test_spark_engine.py).
-CRASH_AFTER_BATCH = "_CLICKSTREAM_SPARK_CRASH_AFTER_BATCH"
 
 
 def raw_events(table: pa.Table | pa.RecordBatch, kinds: Mapping[str, Kind]) -> list[RawEvent]:
@@ -76,7 +75,8 @@ class BatchSink:
         self.store = BatchStore(settings, stop=stop, on_retry=self._on_retry)
         self.last_rows_at: float | None = None
         self.busy = False
-        self._crash_after = int(os.environ.get(CRASH_AFTER_BATCH, "0"))
+        # Names this run's shares in spark_task_shares: a replay after a restart is a new run.
+        self.run = uuid.uuid4().hex
 
     def _on_retry(self, exc) -> None:
         self.stats.retries += 1
@@ -86,13 +86,11 @@ class BatchSink:
         self.busy = True
         try:
             if self.tasks:
-                self._write_in_tasks(frame)
+                self._write_in_tasks(frame, batch_id)
             else:
                 self._write_on_driver(frame)
         finally:
             self.busy = False
-        if self._crash_after and self.stats.batches >= self._crash_after:
-            _kill_job()
 
     def _write_on_driver(self, frame) -> None:
         started = time.monotonic()
@@ -113,11 +111,11 @@ class BatchSink:
             chunks.writes,
         )
 
-    def _write_in_tasks(self, frame) -> None:
-        settings, kinds = self.settings, self.kinds
+    def _write_in_tasks(self, frame, batch_id: int) -> None:
+        settings, kinds, share = self.settings, self.kinds, (self.run, batch_id)
 
         def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            yield write_share(settings, kinds, batches)
+            yield write_share(settings, kinds, share, batches)
 
         consumed = 0
         for (text,) in frame.mapInArrow(write, _SHARE).collect():
@@ -127,6 +125,7 @@ class BatchSink:
         if consumed:
             self.last_rows_at = time.monotonic()  # idle time counts from the end of a batch
             self.stats.batches += 1
+            self.store.retrying(lambda conn: _forget_shares(conn, share))
 
     def _count_share(self, report: dict) -> None:
         """Count what a task did in this process's stats and metrics, as if the driver had."""
@@ -146,32 +145,86 @@ _TASK_STORES: dict[str, BatchStore] = {}  # per Python worker: one connection, r
 
 
 def write_share(
-    settings: Settings, kinds: Mapping[str, Kind], batches: Iterator[pa.RecordBatch]
+    settings: Settings,
+    kinds: Mapping[str, Kind],
+    share: tuple[str, int],
+    batches: Iterator[pa.RecordBatch],
 ) -> pa.RecordBatch:
     """Clean and store one task's rows in one transaction; return its counts.
 
     The rows are gathered first and written at once, unlike the driver's: the counters are
     hot rows that every task's transaction updates, so a transaction open while its task
     still reads would hold their locks and make the other tasks wait (measured: slower).
+    `share` is (run, micro-batch): with the share's first record it names the report that
+    the transaction records, which a later attempt of the same task returns instead.
     """
     raw = [event for batch in batches for event in raw_events(batch, kinds)]
-    stats = IngestStats()
     store = _TASK_STORES.get(str(settings.database_url))
     if store is None:
         store = BatchStore(settings, stop=threading.Event())
         _TASK_STORES[str(settings.database_url)] = store
-    report: dict = {"retries": []}
-
-    def count_retry(exc) -> None:
-        stats.retries += 1
-        report["retries"].append(retry_cause(exc))
-
-    store.on_retry = count_retry
+    retries: list[str] = []
+    store.on_retry = lambda exc: retries.append(retry_cause(exc))
     if raw:
         batch = clean(settings, raw)
-        started = time.monotonic()
-        written = store.store(raw, batch)
-        seconds = time.monotonic() - started
+        first = raw[0]
+        key = (*share, first.topic, first.partition, first.offset)
+        text = store.retrying(lambda conn: _write_once(store, key, raw, batch))
+    else:
+        text = _report(settings, raw, None, None, 0.0)
+    report = json.loads(text)
+    report["retries"] += retries  # this attempt's own, whichever attempt stored the share
+    report["stats"]["retries"] += len(retries)
+    return pa.RecordBatch.from_pylist([{"share": json.dumps(report)}], _SHARE_SCHEMA)
+
+
+def _write_once(store: BatchStore, key: tuple, raw: list[RawEvent], batch: CleanBatch) -> str:
+    """The share's rows and its report in one transaction, or the report an earlier attempt
+    of this task committed (its rows are in: writing them again would count duplicates)."""
+    conn = store.connection
+    assert conn is not None
+    with store.errors():
+        try:
+            with conn.transaction():
+                found = conn.execute(_SHARE_REPORT, key).fetchone()
+                if found is not None:
+                    return found[0]
+                started = time.monotonic()
+                written = store.write(raw, batch)
+                text = _report(store.settings, raw, batch, written, time.monotonic() - started)
+                if conn.execute(_RECORD_SHARE, (*key, text)).fetchone() is None:
+                    raise _Lost  # a concurrent attempt recorded it first: ours rolls back
+                return text
+        except _Lost:
+            with conn.transaction():
+                return conn.execute(_SHARE_REPORT, key).fetchone()[0]
+
+
+_SHARE_REPORT = (
+    "SELECT report FROM spark_task_shares"
+    ' WHERE run = %s AND batch = %s AND topic = %s AND "partition" = %s AND first_offset = %s'
+)
+_RECORD_SHARE = (
+    'INSERT INTO spark_task_shares (run, batch, topic, "partition", first_offset, report)'
+    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1"
+)
+
+
+class _Lost(Exception):
+    """Another attempt of the same task recorded its share first."""
+
+
+def _report(
+    settings: Settings,
+    raw: list[RawEvent],
+    batch: CleanBatch | None,
+    written: WriteResult | None,
+    seconds: float,
+) -> str:
+    """A share's counts, and what the driver's metrics count of it, as JSON."""
+    stats = IngestStats()
+    report: dict = {"retries": []}
+    if batch is not None and written is not None:
         stats.add(batch, written)
         stats.consumed = len(raw)
         if settings.ingest_metrics_port:  # only the driver's metrics read these
@@ -179,7 +232,19 @@ def write_share(
             report |= {"records": records, "newest": newest, "written": written, "seconds": seconds}
     report["stats"] = {name: getattr(stats, name) for name in COUNTS}
     report["replaced_times"] = [[*key, n] for key, n in stats.replaced_times.items()]
-    return pa.RecordBatch.from_pylist([{"share": json.dumps(report)}], _SHARE_SCHEMA)
+    return json.dumps(report)
+
+
+def _forget_shares(conn: psycopg.Connection, share: tuple[str, int]) -> WriteResult:
+    """The driver has a micro-batch's counts: its shares' reports are no longer needed (nor
+    those a crashed run left behind)."""
+    with conn.transaction():
+        conn.execute(
+            "DELETE FROM spark_task_shares WHERE (run = %s AND batch <= %s)"
+            " OR written_at < now() - interval '1 day'",
+            share,
+        )
+    return NOTHING_WRITTEN
 
 
 def write_streamed(
@@ -203,27 +268,15 @@ def write_streamed(
 
 
 def arrow_batches(frame) -> Iterator[pa.RecordBatch]:
-    """The frame's rows as Arrow record batches, each as soon as the driver has it.
+    """The frame's rows as Arrow record batches (`toArrow`, public since pyspark 4.0).
 
-    `toArrow` returns once the whole result is in; this is its streaming core (pyspark 4.2's
-    `_collect_as_arrow`), so the first rows are cleaned and written while tasks still read.
-    A partition's batches keep their order; partitions come in the order they finish.
+    The whole micro-batch is on the driver before the first batch is cleaned: streaming it
+    partition by partition took pyspark's private collect internals, which change between
+    releases and do not exist under Spark Connect.
     """
-    from pyspark.errors.exceptions.captured import unwrap_spark_exception
-    from pyspark.sql.pandas.serializers import ArrowCollectSerializer
-    from pyspark.traceback_utils import SCCallSiteSync
-    from pyspark.util import _load_from_socket
-
-    with SCCallSiteSync(frame.sparkSession.sparkContext):
-        port, secret, server = frame._jdf.collectAsArrowToPython()
-    try:
-        with _load_from_socket((port, secret), ArrowCollectSerializer()) as stream:
-            for item in stream:  # the batches, then the list of their order
-                if isinstance(item, pa.RecordBatch) and item.num_rows:
-                    yield item
-    finally:
-        with unwrap_spark_exception():
-            server.getResult()  # the job's error, if it failed
+    for rows in frame.toArrow().to_batches():
+        if rows.num_rows:
+            yield rows
 
 
 class _Aborted(Exception):
@@ -311,14 +364,6 @@ def _merged(chunks: list[tuple[list[RawEvent], CleanBatch]]) -> tuple[list[RawEv
         merged.orders += batch.orders
         merged.replaced_times.update(batch.replaced_times)
     return raw, merged
-
-
-def _kill_job() -> None:
-    """SIGKILL the driver, its JVM and the Python workers (their process group, when ours)."""
-    log.warning("%s: killing the Spark job now", CRASH_AFTER_BATCH)
-    if os.getpgid(0) == os.getpid():
-        os.killpg(0, signal.SIGKILL)
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def warm_up(spark, *, tasks: bool) -> None:

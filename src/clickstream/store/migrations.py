@@ -431,4 +431,21 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
         _ADD_DAY_0009,
         _ADD_DAY_PATH_0009,
     ),
+    # What each Spark task's transaction stored, written in that transaction: a retried task
+    # whose first attempt committed and then died reports that attempt's counts, not its own
+    # duplicates (spark/sink.py). Rows live until the driver has the micro-batch's counts.
+    "0010_spark_task_shares": (
+        """
+        CREATE TABLE spark_task_shares (
+            run          text NOT NULL,
+            batch        bigint NOT NULL,
+            topic        text NOT NULL,
+            "partition"  integer NOT NULL,
+            first_offset bigint NOT NULL,
+            report       text NOT NULL,
+            written_at   timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (run, batch, topic, "partition", first_offset)
+        )
+        """,
+    ),
 }
