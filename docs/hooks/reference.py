@@ -72,9 +72,7 @@ def commands_markdown() -> str:
         if not path:
             continue
         title = " ".join(("clickstream", *path))
-        subcommands = [
-            a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
-        ]
+        subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         usage = parser.format_usage().removeprefix("usage: ").strip()
         usage = re.sub(r"\s+", " ", usage)
         parts.append(f"## `{title}` {{#{'-'.join(path)}}}\n")
@@ -83,9 +81,7 @@ def commands_markdown() -> str:
         parts.append(f"```text\n{usage}\n```\n")
         if subcommands:
             names = ", ".join(
-                f"[`{name}`](#{'-'.join((*path, name))})"
-                for a in subcommands
-                for name in a.choices
+                f"[`{name}`](#{'-'.join((*path, name))})" for a in subcommands for name in a.choices
             )
             parts.append(f"Subcommands: {names}.\n")
         rows = _option_rows(parser)
@@ -152,9 +148,7 @@ def metrics() -> list[tuple[str, str, tuple[str, ...], str]]:
     found = []
     for family in registry.collect():
         labels = declared_labels.get(family.name) or tuple(
-            dict.fromkeys(
-                key for sample in family.samples for key in sample.labels if key != "le"
-            )
+            dict.fromkeys(key for sample in family.samples for key in sample.labels if key != "le")
         )
         name = f"{family.name}_total" if family.type == "counter" else family.name
         found.append((name, family.type, labels, family.documentation))
@@ -166,7 +160,9 @@ def metrics_markdown() -> str:
         f"| `{name}` | {kind} | {', '.join(f'`{label}`' for label in labels)} | {_cell(text)} |"
         for name, kind, labels, text in metrics()
     ]
-    return "| metric | type | labels | meaning |\n| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+    return (
+        "| metric | type | labels | meaning |\n| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+    )
 
 
 def alerts() -> list[dict]:
