@@ -170,8 +170,10 @@ def test_the_terminal_view_in_a_real_terminal_shows_the_live_panels(pipeline):
     session = f"clickstream-{uuid.uuid4().hex[:8]}"
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in pipeline.env().items() if "CLICKSTREAM" in k)
     log = pipeline.settings.data_dir / f"{session}.log"  # its log lines, off the screen
-    command = f"env {env} {shlex.quote(sys.executable)} -m clickstream realtime 2>{log}"
-    _tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", command)
+    # The terminal's own size, not one the test runner's environment may carry.
+    command = f"env -u COLUMNS -u LINES {env} {shlex.quote(sys.executable)} -m clickstream realtime"
+    command += f" 2>{log}"
+    _tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "22", command)
     try:
         deadline = time.monotonic() + 60
         pane = ""
