@@ -1,7 +1,8 @@
 """The reference pages, generated from the code at every build so that they cannot drift.
 
 A page of the site asks for a generated part with a marker line, e.g. `<!-- reference:commands
--->`; this MkDocs hook replaces it with what the code declares: every command and option
+-->` (and, for readers of the Markdown source, a note up to `<!-- /reference -->`); this MkDocs
+hook replaces it with what the code declares: every command and option
 (from `clickstream.cli.build_parser`), every setting (`clickstream.config.SETTINGS`, with the
 operators' notes of `setting_notes.yml`), every metric (`clickstream.metrics`), every alert
 (`deploy/prometheus/alerts.yml`) and the HTTP API (the FastAPI app's OpenAPI schema).
@@ -20,7 +21,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 NOTES = Path(__file__).with_name("setting_notes.yml")
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-MARKER = re.compile(r"^<!-- reference:([a-z-]+) -->$", re.MULTILINE)
+# `<!-- reference:NAME -->`, optionally followed by what a reader of the Markdown source sees
+# instead (on GitHub, say) and closed by `<!-- /reference -->`.
+MARKER = re.compile(
+    r"^<!-- reference:([a-z-]+) -->$(?:\n.*?^<!-- /reference -->$)?", re.MULTILINE | re.DOTALL
+)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -257,7 +262,8 @@ GENERATORS = {
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    """Replace each `<!-- reference:NAME -->` line with what the code declares."""
+    """Replace each `<!-- reference:NAME -->` marker (and its note) with what the code
+    declares."""
 
     def generated(match: re.Match) -> str:
         name = match.group(1)
