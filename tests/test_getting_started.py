@@ -44,7 +44,7 @@ def test_the_page_has_a_transcript():
 
 def test_the_getting_started_session_runs_as_written(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
-    env["CLICKSTREAM_DATA_DIR"] = str(tmp_path / "services")
+    env["CLICKSTREAM_DATA_DIR"] = str(tmp_path / "svc")  # short: a Unix socket lives there
     env["CLICKSTREAM_CONFIG"] = str(Path(__file__).parent / "empty-config.yml")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     work = tmp_path / "work"
