@@ -224,6 +224,36 @@ def _parameter_rows(operation: dict) -> list[str]:
     return rows
 
 
+def _shape(schema: dict, schemas: dict, depth: int = 0) -> str:
+    """A JSON schema as a compact sketch of the document: `{"user_id": string, ...}`."""
+    if "$ref" in schema:
+        schema = schemas[schema["$ref"].rsplit("/", 1)[-1]]
+    if schema.get("type") == "array":
+        return f"[{_shape(schema.get('items', {}), schemas, depth + 1)}, ...]"
+    if "properties" in schema and depth < 4:
+        fields = ", ".join(
+            f'"{name}": {_shape(value, schemas, depth + 1)}'
+            for name, value in schema["properties"].items()
+        )
+        return "{" + fields + "}"
+    if "anyOf" in schema:
+        return " or ".join(_shape(option, schemas, depth + 1) for option in schema["anyOf"])
+    return schema.get("type", "object")
+
+
+def _answers(operation: dict, schemas: dict) -> str:
+    """A table of the answers: status, meaning and the shape of the JSON body."""
+    rows = []
+    for status, answer in operation.get("responses", {}).items():
+        content = answer.get("content", {})
+        body = ", ".join(
+            f"`{_shape(c['schema'], schemas)}`" if "schema" in c else media
+            for media, c in content.items()
+        )
+        rows.append(f"| `{status}` | {_cell(answer.get('description', ''))} | {_cell(body)} |")
+    return "| answer | meaning | body |\n| --- | --- | --- |\n" + "\n".join(rows) + "\n"
+
+
 def http_api_markdown() -> str:
     schema = openapi()
     parts = []
@@ -239,12 +269,7 @@ def http_api_markdown() -> str:
                     "| parameter | in | type | required | bounds | meaning |\n"
                     "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
                 )
-            answers = [
-                f"`{status}` {_cell(answer.get('description', ''))}"
-                for status, answer in operation.get("responses", {}).items()
-            ]
-            if answers:
-                parts.append("Answers: " + "; ".join(answers) + ".\n")
+            parts.append(_answers(operation, schema.get("components", {}).get("schemas", {})))
     return "\n".join(parts)
 
 
