@@ -1,12 +1,13 @@
 """The reference pages, generated from the code at every build so that they cannot drift.
 
-A page of the site asks for a generated part with a marker line, e.g. `<!-- reference:commands
--->` (and, for readers of the Markdown source, a note up to `<!-- /reference -->`); this MkDocs
-hook replaces it with what the code declares: every command and option
-(from `clickstream.cli.build_parser`), every setting (`clickstream.config.SETTINGS`, with the
-operators' notes of `setting_notes.yml`), every metric (`clickstream.metrics`), every alert
-(`deploy/prometheus/alerts.yml`) and the HTTP API (the FastAPI app's OpenAPI schema).
-The suite imports this module too (tests/test_docs.py) to check the pages against the code.
+A page of the site asks for a generated part with a marker line, e.g.
+`<!-- reference:commands -->` (and, for readers of the Markdown source, a one-line note and
+`<!-- /reference -->`); this MkDocs hook replaces it with what the code declares: every
+command and option (from `clickstream.cli.build_parser`), every setting
+(`clickstream.config.SETTINGS`, with the operators' notes of `setting_notes.yml`), every
+metric (`clickstream.metrics`), every alert (`deploy/prometheus/alerts.yml`) and the HTTP
+API (the FastAPI app's OpenAPI schema). The suite imports this module too
+(tests/test_docs.py) to check the pages against the code.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 NOTES = Path(__file__).with_name("setting_notes.yml")
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-# `<!-- reference:NAME -->`, optionally followed by what a reader of the Markdown source sees
-# instead (on GitHub, say) and closed by `<!-- /reference -->`.
+# `<!-- reference:NAME -->`, optionally followed by one line for readers of the Markdown source
+# (on GitHub, say) and `<!-- /reference -->`.
 MARKER = re.compile(
-    r"^<!-- reference:([a-z-]+) -->$(?:\n.*?^<!-- /reference -->$)?", re.MULTILINE | re.DOTALL
+    r"^<!-- reference:([a-z-]+) -->$(?:\n[^\n]*\n<!-- /reference -->$)?", re.MULTILINE
 )
 
 
