@@ -47,8 +47,8 @@ demo: $(STAMP)
 
 test: $(SPARK_STAMP) $(DOCS_STAMP) $(AIRFLOW_STAMP)
 	@command -v java >/dev/null 2>&1 || echo "make: no java: the Spark engine's tests need Java 17 or 21 (Debian/Ubuntu: apt install default-jre-headless)"
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests docs/hooks
+	$(BIN)/ruff format --check src tests docs/hooks
 	$(BIN)/python -m pytest
 
 # The documentation site on http://127.0.0.1:8001, rebuilt on every change.
@@ -56,8 +56,8 @@ docs: $(DOCS_STAMP)
 	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests docs/hooks
+	$(BIN)/ruff check --fix src tests docs/hooks
 
 clean:
 	rm -rf $(VENV) $(AIRFLOW_VENV) build site *.egg-info .pytest_cache .ruff_cache
