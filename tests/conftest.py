@@ -39,6 +39,8 @@ from clickstream.services import embedded
 from clickstream.store.schema import migrate
 
 EXTERNAL_PG_URL = os.environ.pop("CLICKSTREAM_DATABASE_URL", None)
+# Where the browser and terminal tests save the docs' screenshots; unset, they save none.
+SCREENSHOTS = os.environ.pop("CLICKSTREAM_SCREENSHOTS", None)
 IN_CI = os.environ.get("CI", "").strip().lower() in {"true", "1"}
 for _name in [n for n in os.environ if n.startswith("CLICKSTREAM_")]:
     del os.environ[_name]
@@ -49,6 +51,16 @@ def missing_dependency(what: str) -> NoReturn:
     if IN_CI:
         pytest.fail(f"{what}, and CI=true: CI must provide it", pytrace=False)
     pytest.skip(what)
+
+
+def screenshot_path(name: str) -> Path | None:
+    """Where to save the screenshot `name` for the docs (CLICKSTREAM_SCREENSHOTS=folder), or
+    None when no screenshots were asked for."""
+    if not SCREENSHOTS:
+        return None
+    folder = Path(SCREENSHOTS).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -195,5 +207,6 @@ __all__ = [
     "Pipeline",
     "missing_dependency",
     "run_cli",
+    "screenshot_path",
     "settings_env",
 ]

@@ -242,7 +242,7 @@ def test_a_good_variable_overrides_a_bad_value_in_the_file(tmp_path):
         ),
         ("kakfa:\n  partitions: 2\n", "kakfa", "; did you mean 'kafka'?"),
         ("batch_size: 10\n", "batch_size", "; did you mean 'ingest.batch_size'?"),
-        ("colour: blue\n", "colour", " (the README lists every setting)"),
+        ("colour: blue\n", "colour", " (the docs' settings reference lists all)"),
         (
             "ingest:\n  batch_size: 10\n  batchsize: 10\n",
             "ingest.batchsize",
@@ -275,7 +275,10 @@ def test_unknown_keys_are_rejected_by_name_with_the_closest_known_one(
             "CLICKSTREAM_CONFIGG",
             "unknown setting CLICKSTREAM_CONFIGG; did you mean CLICKSTREAM_CONFIG?",
         ),
-        ("CLICKSTREAM_FOO", "unknown setting CLICKSTREAM_FOO (the README lists every setting)"),
+        (
+            "CLICKSTREAM_FOO",
+            "unknown setting CLICKSTREAM_FOO (the docs' settings reference lists all)",
+        ),
     ],
 )
 def test_an_unknown_clickstream_variable_is_an_error_naming_the_closest_one(variable, message):

@@ -1,7 +1,8 @@
 """The dashboard in a real headless browser (Debian's chromium driven by Playwright).
 
 The page must load with no console error, show exactly what `GET /api/realtime` answers,
-and change by itself when new events arrive. A screenshot lands in test-artifacts/.
+and change by itself when new events arrive. A screenshot lands in test-artifacts/, and in
+the docs' images with CLICKSTREAM_SCREENSHOTS=docs/images.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import missing_dependency
+from conftest import missing_dependency, screenshot_path
 from hypothesis import strategies as st
 
 from clickstream.api.server import run_in_background
@@ -132,6 +133,10 @@ def test_the_dashboard_shows_the_api_numbers_and_follows_new_events(pipeline):
                 assert shown["platforms"][0] == ["ios", 2]
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+                if docs_image := screenshot_path("dashboard.png"):
+                    page.screenshot(
+                        path=str(docs_image), clip={"x": 0, "y": 0, "width": 1366, "height": 520}
+                    )
                 assert problems == []
             finally:
                 browser.close()

@@ -1,53 +1,64 @@
-"""docs/operations.md keeps up with the code: every setting is in it, everything it names as
-a setting, variable, metric or alert exists."""
+"""The operators' pages keep up with the code: the monitoring guide explains every metric and
+every alert and names no other, and the generated metrics reference lists exactly the
+metrics the code exposes and the alerts Prometheus loads."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
-import pytest
 import yaml
 
-from clickstream.config import SETTINGS
 from clickstream.metrics import exposed_names
 
 ROOT = Path(__file__).parent.parent
-GUIDE = (ROOT / "docs" / "operations.md").read_text()
-KEYS = {s.key for s in SETTINGS}
-SECTIONS = {key.split(".")[0] for key in KEYS if "." in key}
-# Variables that are not settings but that the guide may name.
-OTHER_VARIABLES = {"CLICKSTREAM_CONFIG"}
+DOCS = ROOT / "docs"
+GUIDE = (DOCS / "how-to" / "monitor.md").read_text()
+ALERT_NAMES = {
+    rule["alert"]
+    for group in yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())[
+        "groups"
+    ]
+    for rule in group["rules"]
+}
+# Names the pages give that are not metrics: the database roles and the Airflow DAG's file.
+NOT_METRICS = {
+    "clickstream_owner",
+    "clickstream_writer",
+    "clickstream_reader",
+    "clickstream_reports",
+}
+_spec = importlib.util.spec_from_file_location("docs_reference", DOCS / "hooks" / "reference.py")
+reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reference)
 
 
-@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.key)
-def test_every_setting_is_in_the_guide(setting):
-    assert f"`{setting.key}`" in GUIDE
-    assert f"`{setting.env}`" in GUIDE
-
-
-def test_every_setting_the_guide_names_exists():
-    named = {
-        token
-        for token in re.findall(r"`([a-z_]+(?:\.[a-z_]+)?)`", GUIDE)
-        if token.split(".")[0] in SECTIONS and "." in token or token.endswith("_dir")
+def _metric_names(text: str) -> set[str]:
+    return {
+        re.sub(r"_(total|bucket|sum|count)$", "", name)
+        for name in re.findall(r"\bclickstream_[a-z_]+\b(?!\.py)", text)
     }
-    assert named, "the guide names no setting"
-    assert named - KEYS == set()
-    variables = set(re.findall(r"\bCLICKSTREAM_[A-Z0-9_]+\b", GUIDE))
-    files = {s.file_env for s in SETTINGS if s.secret}
-    assert variables - {s.env for s in SETTINGS} - files - OTHER_VARIABLES == set()
 
 
 def test_every_metric_the_guide_names_exists_and_every_metric_is_explained():
-    named = {
-        re.sub(r"_(total|bucket|sum|count)$", "", name)
-        for name in re.findall(r"\bclickstream_[a-z_]+\b", GUIDE)
-    }
-    assert named == exposed_names()
+    assert _metric_names(GUIDE) == exposed_names()
 
 
-def test_every_alert_is_explained():
-    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
-    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
-    assert {name for name in re.findall(r"`(Clickstream[A-Za-z]+)`", GUIDE)} == alerts
+def test_every_alert_is_explained_in_the_guide():
+    assert set(re.findall(r"`(Clickstream[A-Za-z]+)`", GUIDE)) == ALERT_NAMES
+
+
+def test_the_reference_lists_exactly_the_exposed_metrics_and_the_alerts():
+    listed = reference.metrics_markdown()
+    assert _metric_names(listed) == exposed_names()
+    assert set(re.findall(r"### `(Clickstream[A-Za-z]+)`", reference.alerts_markdown())) == (
+        ALERT_NAMES
+    )
+
+
+def test_no_page_names_a_metric_or_alert_that_is_gone():
+    for path in [ROOT / "README.md", *DOCS.rglob("*.md")]:
+        text = path.read_text()
+        assert _metric_names(text) - exposed_names() - NOT_METRICS == set(), path
+        assert set(re.findall(r"\b(Clickstream[A-Z][A-Za-z]+)\b", text)) - ALERT_NAMES == set()

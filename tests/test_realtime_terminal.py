@@ -8,20 +8,31 @@ of which may ever be read as Rich markup or crash the view.
 from __future__ import annotations
 
 import io
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
 from datetime import UTC, datetime
 
 import orjson
 import pytest
+from conftest import missing_dependency, screenshot_path
 from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from rich.console import Console
+from rich.text import Text
 
 from clickstream.event_time import epoch_ms, format_timestamp
 from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.realtime.source import LiveState
 from clickstream.realtime.terminal import render
 from clickstream.realtime.window import SlidingWindow
+from clickstream.store.catalog import upsert_products
+from clickstream.store.db import connect
 
 HOSTILE = [
     "[/]",
@@ -123,3 +134,60 @@ def test_any_bytes_as_ids_are_dead_lettered_or_shown_verbatim(user, platform):
 @given(value=st.binary(max_size=300))
 def test_any_bytes_as_the_event_never_crash_the_view(value):
     assert shown_raw(value, "category-1") is None or b"ProductView" in value
+
+
+def _tmux(*args: str) -> str:
+    return subprocess.run(
+        ["tmux", *args], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+
+
+def test_the_terminal_view_in_a_real_terminal_shows_the_live_panels(pipeline):
+    """`clickstream realtime` in tmux, as an operator sees it: the three panels with the
+    exact counts of what was produced. With CLICKSTREAM_SCREENSHOTS the pane is saved, in
+    its colours, as the docs' image of the terminal view."""
+    if shutil.which("tmux") is None:
+        missing_dependency("tmux is not installed")
+    with connect(pipeline.settings) as conn:
+        upsert_products(conn, [(f"product-{n}", f"category-{n // 4 + 1}") for n in range(9)])
+    now = format_timestamp(datetime.now(UTC))
+    platforms = ["desktop", "desktop", "mobile-web", "ios", "android"]
+    pipeline.produce_views(
+        [
+            orjson.dumps(
+                {
+                    "event": "ProductView",
+                    "messageid": f"m-{n}",
+                    "userid": f"user-{n % 12 + 1}",
+                    "properties": {"productid": f"product-{n % 9}"},
+                    "context": {"source": platforms[n % 5]},
+                    "timestamp": now,
+                }
+            )
+            for n in range(60)
+        ]
+    )
+    session = f"clickstream-{uuid.uuid4().hex[:8]}"
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in pipeline.env().items() if "CLICKSTREAM" in k)
+    log = pipeline.settings.data_dir / f"{session}.log"  # its log lines, off the screen
+    # The terminal's own size, not one the test runner's environment may carry.
+    command = f"env -u COLUMNS -u LINES {env} {shlex.quote(sys.executable)} -m clickstream realtime"
+    command += f" 2>{log}"
+    _tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "22", command)
+    try:
+        deadline = time.monotonic() + 60
+        pane = ""
+        while "60 views" not in pane and time.monotonic() < deadline:
+            time.sleep(0.5)
+            pane = _tmux("capture-pane", "-p", "-t", session)
+        assert "12 distinct users" in pane, pane
+        for category, views in (("category-1", 28), ("category-2", 26), ("category-3", 6)):
+            assert re.search(rf"{category}\b.*\b{views}\b", pane), pane
+        assert re.search(r"desktop\b.*\b24\b", pane), pane
+        if image := screenshot_path("realtime-terminal.svg"):
+            coloured = _tmux("capture-pane", "-p", "-e", "-t", session)
+            console = Console(width=100, record=True, file=io.StringIO())
+            console.print(Text.from_ansi(coloured.rstrip()), crop=False)
+            image.write_text(console.export_svg(title="clickstream realtime"))
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, timeout=30)

@@ -5,7 +5,7 @@ then commit the batch's offsets. A crash anywhere before the commit only means t
 read again, and the writer's ON CONFLICT makes that a no-op. The write of one batch
 overlaps with reading and cleaning the next, on a single writer thread.
 
-Errors follow one policy (store/faults.py, README "Error policy"): a fault of the database
+Errors follow one policy (store/faults.py, docs/concepts/exactly-once.md): a fault of the database
 (unreachable, permission, schema, read-only, timeout, disk full...) is retried with capped
 backoff and never dead-lettered; a batch the database refuses for its content (SQLSTATE class
 22 or 23) is searched for the events it refuses, and only those are dead-lettered, unless

@@ -47,6 +47,7 @@ __all__ = [
     "LiveReading",
     "LiveViewCollector",
     "exposed_names",
+    "exposed_registry",
     "http_metrics",
     "multiprocess_dir",
     "records_and_newest",
@@ -349,12 +350,19 @@ def render(*extra: CollectorRegistry) -> bytes:
     return b"".join(generate_latest(r) for r in (registry, *extra))
 
 
-def exposed_names() -> set[str]:
-    """Every metric family this module can expose (what dashboards and alerts may use)."""
+def exposed_registry() -> CollectorRegistry:
+    """A registry of every metric family this module can expose, the readings of the present
+    given a sample value so that they show (the docs' metrics reference is generated from it)."""
     registry = CollectorRegistry()
     consumer = _IngestFamilies(registry).state
-    consumer.newest_event = consumer.last_commit = 0.0  # so that their gauges show
+    consumer.newest_event = consumer.last_commit = 0.0
+    consumer.lag = {("topic", 0): 0}
     _HttpFamilies(registry)
     sample = LiveReading(0, 0, 0, 0, False, 0, 0)
     registry.register(LiveViewCollector(lambda: sample))
-    return {family.name for family in registry.collect()}
+    return registry
+
+
+def exposed_names() -> set[str]:
+    """Every metric family this module can expose (what dashboards and alerts may use)."""
+    return {family.name for family in exposed_registry().collect()}

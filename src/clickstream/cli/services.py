@@ -84,7 +84,7 @@ def register(sub) -> None:
         "when there is nothing to do; running it again changes nothing. The only command "
         "that changes the schema besides `up`, the demo and a consumer's first start "
         "(database.auto_migrate). Run it as the role that owns the tables; some migrations "
-        "lock the event tables while they run (see the README's upgrade notes). `serve` and "
+        "lock the event tables while they run (see the docs' upgrade guide). `serve` and "
         "`report` never change the schema: on an older one they stop with exit code 2 and "
         "say to run this.",
     )

@@ -105,6 +105,9 @@ class Settings:
         return self.database_url is None
 
 
+_SEE_REFERENCE = " (the docs' settings reference lists all)"
+
+
 def _unknown(name: str, known: Iterable[str], origin: str | None = None) -> ConfigError:
     """An unknown setting is a typo more often than not: name the closest known one.
 
@@ -117,9 +120,9 @@ def _unknown(name: str, known: Iterable[str], origin: str | None = None) -> Conf
     by_bare = {bare(k): k for k in known}
     close = [by_bare[c] for c in difflib.get_close_matches(bare(name), sorted(by_bare), n=1)]
     if origin is None:
-        hint = f"; did you mean {close[0]}?" if close else " (the README lists every setting)"
+        hint = f"; did you mean {close[0]}?" if close else _SEE_REFERENCE
         return ConfigError(f"unknown setting {name}{hint}")
-    hint = f"; did you mean '{close[0]}'?" if close else " (the README lists every setting)"
+    hint = f"; did you mean '{close[0]}'?" if close else _SEE_REFERENCE
     return ConfigError(f"{origin}: unknown setting '{name}'{hint}")
 
 

@@ -1,7 +1,7 @@
 """Every setting, declared once: YAML key, environment variable, parser, default, meaning.
 
-`config.yml`, the README and the operator's guide are checked against this table by the
-suite, so the documentation cannot drift from the code.
+`config.yml` is checked against this table by the suite, and the docs' settings reference
+is generated from it, so the documentation cannot drift from the code.
 """
 
 from __future__ import annotations
