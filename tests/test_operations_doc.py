@@ -22,8 +22,10 @@ ALERT_NAMES = {
     ]
     for rule in group["rules"]
 }
-# Names the pages give that are not metrics: the database roles and the Airflow DAG's file.
+# Names the pages give that are not metrics: the database roles, the Airflow DAG's file and
+# the table of the days a prune detached.
 NOT_METRICS = {
+    "clickstream_detached",
     "clickstream_owner",
     "clickstream_writer",
     "clickstream_reader",
