@@ -205,6 +205,7 @@ def test_a_failover_to_a_lagging_standby_loses_no_event(
         f" first new row"
         f" {first_row - promoted_at:.2f}s after the promotion, the API's first 200"
         f" {prober.first_200_after - promoted_at:.2f}s after it"
+        f" ({sum(status != 200 for status in prober.statuses)} probes without a 200 in all)"
     )
     with psycopg.connect(standby.url("clickstream")) as conn:
         stored_views = conn.execute("SELECT count(*), count(DISTINCT messageid) FROM product_views")

@@ -92,6 +92,7 @@ class KafkaStreamReader(DataSourceStreamReader):
         self.max_events = int(options.get("max_events", "0"))
         self.stop_file = options.get("stop_file")
         self.rewind_file = options.get("rewind_file")
+        self._gone: set[tuple[str, str, int]] = set()  # see resume.rewound
         self._ends: _EndWatcher | None = None  # driver only; created on first use
 
     # -- driver side --------------------------------------------------------------------------
@@ -127,7 +128,7 @@ class KafkaStreamReader(DataSourceStreamReader):
         return self._ends.last if self._ends is not None else None
 
     def partitions(self, start: Offsets, end: Offsets) -> list[KafkaRange]:
-        start = resume.rewound(self.rewind_file, start, self._watcher().first)
+        start = resume.rewound(self.rewind_file, start, self._watcher().first, self._gone)
         ranges = []
         for topic, partitions in end.items():
             for partition, stop in partitions.items():

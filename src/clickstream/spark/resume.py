@@ -53,10 +53,22 @@ def stored(path: str | None) -> Offsets | None:
         return None
 
 
-def rewound(path: str | None, start: Offsets, first: Callable[[str, int], int]) -> Offsets:
+def rewound(
+    path: str | None,
+    start: Offsets,
+    first: Callable[[str, int], int],
+    gone: set[tuple[str, str, int]],
+) -> Offsets:
     """`start` with each partition moved back to the database's offset where that is behind
-    (no row: to the beginning), never before `first(topic, partition)`, the first record on
-    the broker. The file is used once: the next micro-batch starts where this one ends."""
+    (no row: to the beginning). The file is used once: the next micro-batch starts where
+    this one ends.
+
+    Never before `first(topic, partition)`, the first record on the broker: below it,
+    Kafka's retention deleted what the database lost, and the database's offset cannot move
+    over records that are not there (store/offsets.py). Such a partition is read again from
+    its first record once per offset the database is stuck at (`gone`, the caller's memory),
+    not in every micro-batch; `consume` with the default engine moves the offset on.
+    """
     database = stored(path)
     if database is None:
         return start
@@ -65,7 +77,10 @@ def rewound(path: str | None, start: Offsets, first: Callable[[str, int], int]) 
     for topic, partitions in start.items():
         for partition, at in partitions.items():
             there = database.get(topic, {}).get(partition, 0)
-            if there < at:
-                at = min(at, max(there, first(topic, int(partition))))
+            if there < at and (topic, partition, there) not in gone:
+                oldest = first(topic, int(partition))
+                if there < oldest:
+                    gone.add((topic, partition, there))
+                at = min(at, max(there, oldest))
             moved.setdefault(topic, {})[partition] = at
     return moved
