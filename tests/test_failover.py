@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import http.client
+import importlib.util
 import json
 import shutil
 import signal
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import settings_env
+from conftest import missing_dependency, settings_env
 from pg_clusters import Cluster, cluster_dir, free_port, wait_for
 
 from clickstream.generate import generate
@@ -131,8 +132,8 @@ def _start(settings, log: Path, *args: str) -> subprocess.Popen:
 def test_a_failover_to_a_lagging_standby_loses_no_event(
     pipeline, primary_and_standby, tmp_path, engine, views, orders, batch
 ):
-    if engine == "spark":
-        pytest.importorskip("pyspark", reason="the spark extra is not installed")
+    if engine == "spark" and importlib.util.find_spec("pyspark") is None:
+        missing_dependency("pyspark is not installed (the spark extra)")
     primary, standby = primary_and_standby
     dsn = psycopg.conninfo.make_conninfo(
         host="127.0.0.1,127.0.0.1",
