@@ -13,7 +13,7 @@ A partition the checkpoint has moved on but the database has no row for is read 
 beginning: the database lost every write of it (or the checkpoint predates this table).
 
 The file lives on the driver's machine, where Spark plans micro-batches; Spark's own
-`kafka` source cannot be rewound this way (README, Spark engine).
+`kafka` source cannot be rewound this way (docs/postgres-failover.md).
 """
 
 from __future__ import annotations
