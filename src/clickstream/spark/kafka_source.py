@@ -103,14 +103,9 @@ class KafkaStreamReader(DataSourceStreamReader):
         return self._ends
 
     def initialOffset(self) -> Offsets:
-        """The database's offsets where it has them, else the group's committed offsets,
-        else each partition's first."""
-        starts = self._watcher().starts(self.group)
-        for topic, partitions in (resume.stored(self.rewind_file) or {}).items():
-            for partition, offset in partitions.items():
-                if partition in starts.get(topic, {}):
-                    starts[topic][partition] = offset
-        return starts
+        """The group's committed offsets where it has them, else each partition's first
+        (the first micro-batch then moves back to the database's where they are behind)."""
+        return self._watcher().starts(self.group)
 
     def getDefaultReadLimit(self) -> ReadLimit:
         return ReadMaxRows(self.max_events) if self.max_events > 0 else ReadAllAvailable()
