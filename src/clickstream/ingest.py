@@ -37,7 +37,6 @@ from clickstream.kafka.records import raw_event
 from clickstream.metrics import IngestMetrics
 from clickstream.resume import Resume
 from clickstream.retry import retrying
-from clickstream.store import offsets
 from clickstream.store.batches import BatchStore, clean
 from clickstream.store.offsets import Marks
 from clickstream.store.writer import WriteResult
@@ -152,9 +151,7 @@ class Ingestor:
         # The database says where each partition resumes; Kafka's commit only where it has
         # no row. A database that is down is waited for, as for a write.
         self._finish_pending()
-        group = self.settings.kafka_consumer_group
-        stored = self.store.retrying(lambda conn: offsets.read(conn, group))
-        self._resume.assign(consumer, partitions, stored)
+        self._resume.assign(consumer, partitions, self.store.stored_offsets())
         self._assigned = True
         self._rebalancing = False
         self._last_activity = time.monotonic()

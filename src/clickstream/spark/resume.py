@@ -23,7 +23,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from clickstream.store import offsets
 from clickstream.store.batches import BatchStore
 
 __all__ = ["rewound", "save_stored"]
@@ -33,10 +32,8 @@ Offsets = dict[str, dict[str, int]]  # as the source's: {topic: {"0": next_offse
 
 def save_stored(store: BatchStore, path: str) -> None:
     """Write the database's offsets of this consumer group where the source finds them."""
-    group = store.settings.kafka_consumer_group
-    stored = store.retrying(lambda conn: offsets.read(conn, group))
     found: Offsets = {}
-    for (topic, partition), offset in stored.items():
+    for (topic, partition), offset in store.stored_offsets().items():
         found.setdefault(topic, {})[str(partition)] = offset
     scratch = Path(f"{path}.tmp")
     scratch.write_text(json.dumps(found))

@@ -22,7 +22,7 @@ from clickstream.config import Settings
 from clickstream.errors import RejectedByDatabase, Unavailable
 from clickstream.events import CleanBatch, RawEvent, clean_batch
 from clickstream.retry import retrying
-from clickstream.store import schema
+from clickstream.store import offsets, schema
 from clickstream.store.db import connect
 from clickstream.store.faults import database_errors
 from clickstream.store.offsets import Marks
@@ -98,6 +98,17 @@ class BatchStore:
         its own, retrying every fault until it is in."""
         marks = marks or self.marks(raw)
         return self.retrying(lambda conn: self.write(raw, batch, marks))
+
+    def stored_offsets(self) -> dict[tuple[str, int], int]:
+        """The database's offsets of this consumer group (store/offsets.py); a fault is
+        retried as for a write."""
+        group = self.settings.kafka_consumer_group
+
+        def read(conn: psycopg.Connection) -> dict[tuple[str, int], int]:
+            with self.errors():
+                return offsets.read(conn, group)
+
+        return self.retrying(read)
 
     def marks(self, raw: list[RawEvent]) -> Marks:
         """The offsets of these records, as this consumer group's write records them."""
