@@ -41,7 +41,7 @@ WRITER_GRANTS = [
     "GRANT SELECT ON ALL TABLES IN SCHEMA public TO clickstream_writer;",
     "GRANT INSERT, UPDATE ON products, product_views, order_lines, dead_letters,"
     " user_product_hours, report_view_hours, report_order_hours, report_buyers,"
-    " view_messageids, order_messageids TO clickstream_writer;",
+    " view_messageids, order_messageids, ingest_offsets TO clickstream_writer;",
     "GRANT USAGE ON SEQUENCE dead_letters_id_seq TO clickstream_writer;",
     "GRANT INSERT, DELETE ON spark_task_shares TO clickstream_writer;",
 ]

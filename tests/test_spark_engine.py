@@ -175,6 +175,8 @@ INGEST_TIME_COLUMNS = {
     "updated_at",
     "reported_at",
     "revised",
+    "stored_at",
+    "consumer_group",  # each engine runs as a group of its own here
 }
 
 

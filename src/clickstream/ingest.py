@@ -1,8 +1,10 @@
 """The stream consumer: Kafka batches in, cleaned rows and dead letters out, offsets last.
 
-Order of work per batch: consume, clean, write (rows and dead letters in one transaction),
-then commit the batch's offsets. A crash anywhere before the commit only means the batch is
-read again, and the writer's ON CONFLICT makes that a no-op. The write of one batch
+Order of work per batch: consume, clean, write (rows, dead letters and the batch's offsets
+in one transaction), then commit the offsets to the Kafka group too, a copy for lag tools.
+Where to read from is what the database says (resume.py), on every assignment and after
+every reconnect: a crash, or a failover that lost transactions, only means batches are read
+again, and the writer's ON CONFLICT makes that a no-op. The write of one batch
 overlaps with reading and cleaning the next, on a single writer thread.
 
 Errors follow one policy (store/faults.py, docs/concepts/exactly-once.md): a fault of the database
@@ -34,8 +36,10 @@ from clickstream.kafka.lag import PartitionLag, consumer_lag, describe, known_la
 from clickstream.kafka.records import raw_event
 from clickstream.kafka.security import Brokers, brokers
 from clickstream.metrics import IngestMetrics
+from clickstream.resume import Resume
 from clickstream.retry import retrying
 from clickstream.store.batches import BatchStore, clean
+from clickstream.store.offsets import Marks
 from clickstream.store.writer import WriteResult
 
 __all__ = ["COUNTS", "IngestStats", "Ingestor", "log_progress"]
@@ -125,6 +129,8 @@ class Ingestor:
         self.store = BatchStore(
             settings, stop=self.stop, on_retry=self._on_retry, connect_db=connect_db
         )
+        self.store.on_connect = self._reconnected
+        self._resume = Resume(settings.kafka_consumer_group)
         self._kinds = settings.kinds
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="clickstream-writer")
         self._pending: Future | None = None
@@ -154,6 +160,10 @@ class Ingestor:
     # -- Kafka side ---------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The database says where each partition resumes; Kafka's commit only where it has
+        # no row. A database that is down is waited for, as for a write.
+        self._finish_pending()
+        self._resume.assign(consumer, partitions, self.store.stored_offsets())
         self._assigned = True
         self._rebalancing = False
         self._last_activity = time.monotonic()
@@ -163,6 +173,7 @@ class Ingestor:
         # Finish and commit the batch in flight while we still own its partitions.
         self._rebalancing = True
         self._finish_pending()
+        self._resume.revoke(partitions)
         log.info("revoked %s", _describe(partitions))
 
     def _raw_events(self, messages) -> list[RawEvent]:
@@ -184,7 +195,7 @@ class Ingestor:
             return
         pending, offsets = self._pending, self._pending_offsets
         self._pending, self._pending_offsets = None, []
-        pending.result()  # re-raises what the writer could not handle
+        self._resume.stored(pending.result())  # re-raises what the writer could not handle
         if offsets and self._consumer is not None:
             try:
                 self._consumer.commit(offsets=offsets, asynchronous=False)
@@ -200,11 +211,15 @@ class Ingestor:
         self.stats.retries += 1
         self.metrics.retried(exc)
 
-    def _store(self, raw: list[RawEvent], batch: CleanBatch) -> None:
+    def _reconnected(self, conn: psycopg.Connection) -> None:
+        self._resume.reconnected(conn)
+
+    def _store(self, raw: list[RawEvent], batch: CleanBatch, marks: Marks) -> Marks:
         started = time.monotonic()
-        written = self.store.store(raw, batch)
+        written = self.store.store(raw, batch, marks)
         self.stats.add(batch, written)
         self.metrics.batch_written(raw, batch, written, time.monotonic() - started)
+        return marks
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -243,13 +258,16 @@ class Ingestor:
                 now = time.monotonic()
                 if raw:
                     self._last_activity = now
-                    self.stats.consumed += len(raw)
                     batch = clean(settings, raw)
                     self._finish_pending()
-                    self._pending = self._writer.submit(self._store, raw, batch)
-                    self._pending_offsets = self._offsets(raw)
+                    if not self._resume.rewind(consumer):  # else read again from the database's
+                        self.stats.consumed += len(raw)
+                        marks = self._resume.marks(raw)
+                        self._pending = self._writer.submit(self._store, raw, batch, marks)
+                        self._pending_offsets = self._offsets(raw)
                 elif self._pending is not None and self._pending.done():
                     self._finish_pending()
+                    self._resume.rewind(consumer)
                 if now >= next_log:
                     last_logged = log_progress(self.stats, last_logged, self._lag())
                     next_log = now + settings.ingest_log_every_seconds

@@ -4,7 +4,9 @@ The query reads both topics (the Python Kafka source, or Spark's own `kafka` sou
 `spark.source` is `kafka`), and a `foreachBatch` sink cleans and stores each micro-batch
 with the default engine's rules and writer. Spark's checkpoint under `spark.checkpoint_dir`
 holds the offsets: a micro-batch that was stored but not recorded as done is replayed after
-a crash, and the writer's `ON CONFLICT` makes that replay store nothing.
+a crash, and the writer's `ON CONFLICT` makes that replay store nothing. Where the database
+has stored less than the checkpoint says (a failover, a restore), the Python source reads
+again from the database's offsets (spark/resume.py).
 
 Stopping: Spark's streaming thread must not be interrupted inside a Python `foreachBatch`,
 so the query is stopped between micro-batches. The Python source admits no new data once
@@ -32,6 +34,7 @@ from clickstream.errors import Unavailable
 from clickstream.ingest import IngestStats, log_progress
 from clickstream.kafka.client import ensure_topics
 from clickstream.kafka.security import Brokers, brokers, java_client_options
+from clickstream.spark.resume import save_stored
 from clickstream.spark.sink import BatchSink, warm_up
 
 __all__ = ["SparkIngestor", "checkpoint_dir"]
@@ -95,6 +98,9 @@ class SparkIngestor:
             # workers: they start while the query is defined and plans its first trigger.
             warm = pool.submit(warm_up, spark, tasks=self.sink.tasks)
             stop_file = str(Path(scratch) / "stop")
+            if settings.spark_source == "python":  # Spark's own source cannot rewind
+                self.sink.rewind_file = str(Path(scratch) / "stored-offsets.json")
+                save_stored(self.sink.store, self.sink.rewind_file)
             query = (
                 self._stream(spark, stop_file)
                 .writeStream.foreachBatch(self.sink)
@@ -165,6 +171,7 @@ class SparkIngestor:
             .option("group.id", settings.kafka_consumer_group)
             .option("max_events", str(settings.spark_max_batch_events))
             .option("stop_file", stop_file)
+            .option("rewind_file", self.sink.rewind_file or "")
         )
         # One option per property: Spark redacts the values of options named like a password
         # or a secret in the plans and logs it prints.

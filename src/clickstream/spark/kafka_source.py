@@ -29,6 +29,7 @@ from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMa
 from clickstream.events import Kind, RawEvent
 from clickstream.kafka.records import is_partition_eof, raw_event
 from clickstream.kafka.security import Brokers
+from clickstream.spark import resume
 
 __all__ = ["PROPERTY_PREFIX", "KafkaSource", "SCHEMA"]
 
@@ -82,7 +83,8 @@ class KafkaStreamReader(DataSourceStreamReader):
     committed offsets are where a brand-new query starts), `max_events` (the default read
     limit of a micro-batch) and `stop_file`: once that file exists no new data is admitted
     and the file `<stop_file>.ack` says so, which lets the engine stop the query between
-    micro-batches.
+    micro-batches. `rewind_file` holds the database's offsets, which win where they are
+    behind (spark/resume.py).
     """
 
     def __init__(self, options: dict[str, str]) -> None:
@@ -99,6 +101,8 @@ class KafkaStreamReader(DataSourceStreamReader):
         self.group = options["group.id"]
         self.max_events = int(options.get("max_events", "0"))
         self.stop_file = options.get("stop_file")
+        self.rewind_file = options.get("rewind_file")
+        self._gone: set[tuple[str, str, int]] = set()  # see resume.rewound
         self._ends: _EndWatcher | None = None  # driver only; created on first use
 
     # -- driver side --------------------------------------------------------------------------
@@ -109,7 +113,8 @@ class KafkaStreamReader(DataSourceStreamReader):
         return self._ends
 
     def initialOffset(self) -> Offsets:
-        """The group's committed offsets where it has them, else each partition's first."""
+        """The group's committed offsets where it has them, else each partition's first
+        (the first micro-batch then moves back to the database's where they are behind)."""
         return self._watcher().starts(self.group)
 
     def getDefaultReadLimit(self) -> ReadLimit:
@@ -128,6 +133,7 @@ class KafkaStreamReader(DataSourceStreamReader):
         return self._ends.last if self._ends is not None else None
 
     def partitions(self, start: Offsets, end: Offsets) -> list[KafkaRange]:
+        start = resume.rewound(self.rewind_file, start, self._watcher().first, self._gone)
         ranges = []
         for topic, partitions in end.items():
             for partition, stop in partitions.items():
@@ -210,6 +216,11 @@ class _EndWatcher:
                 start, _ = self._consumer.get_watermark_offsets(tp, timeout=15, cached=False)
             offsets.setdefault(tp.topic, {})[str(tp.partition)] = max(start, 0)
         return offsets
+
+    def first(self, topic: str, partition: int) -> int:
+        """The partition's first record still on the broker."""
+        tp = TopicPartition(topic, partition)
+        return self._consumer.get_watermark_offsets(tp, timeout=15, cached=False)[0]
 
     def ends(self) -> Offsets:
         """Every partition's next offset as the latest fetch response gave it."""

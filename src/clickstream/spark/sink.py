@@ -40,6 +40,7 @@ from clickstream.config import Settings
 from clickstream.events import CleanBatch, Kind, RawEvent
 from clickstream.ingest import COUNTS, IngestStats
 from clickstream.metrics import IngestMetrics, records_and_newest, retry_cause
+from clickstream.spark.resume import save_stored
 from clickstream.store.batches import BatchStore, clean
 from clickstream.store.writer import NOTHING_WRITTEN, WriteResult
 
@@ -77,6 +78,9 @@ class BatchSink:
         self.busy = False
         # Names this run's shares in spark_task_shares: a replay after a restart is a new run.
         self.run = uuid.uuid4().hex
+        # Where the database's offsets go after each micro-batch, for the source to rewind
+        # to (spark/resume.py); set by the engine.
+        self.rewind_file: str | None = None
 
     def _on_retry(self, exc) -> None:
         self.stats.retries += 1
@@ -89,6 +93,8 @@ class BatchSink:
                 self._write_in_tasks(frame, batch_id)
             else:
                 self._write_on_driver(frame)
+            if self.rewind_file:
+                save_stored(self.store, self.rewind_file)
         finally:
             self.busy = False
 
@@ -323,6 +329,8 @@ class Chunks:
                 for raw, batch in itertools.chain([first], chunks):
                     written = written.plus(store.write(raw, batch))
                     self.writes += 1
+                with conn.cursor() as cur:  # the micro-batch's offsets, in its transaction
+                    store.marks(self.raw).record(cur)
             return written
 
         return write

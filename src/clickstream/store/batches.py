@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 import psycopg
 
@@ -21,16 +22,19 @@ from clickstream.config import Settings
 from clickstream.errors import RejectedByDatabase, Unavailable
 from clickstream.events import CleanBatch, RawEvent, clean_batch
 from clickstream.retry import retrying
-from clickstream.store import schema
+from clickstream.store import offsets, schema
 from clickstream.store.db import connect
 from clickstream.store.erased import use_key
 from clickstream.store.faults import database_errors
+from clickstream.store.offsets import Marks
 from clickstream.store.refusals import store_around_refusals
 from clickstream.store.writer import WriteResult, write_batch
 
 __all__ = ["APPLICATION_NAME", "BatchStore", "clean"]
 
 log = logging.getLogger("clickstream.consume")
+
+T = TypeVar("T")
 
 # What the consumers' database sessions are called in pg_stat_activity.
 APPLICATION_NAME = "clickstream consume"
@@ -70,6 +74,9 @@ class BatchStore:
             lambda: connect(settings, check_schema=False, application_name=APPLICATION_NAME)
         )
         self.connection: psycopg.Connection | None = None
+        # Hears of every connection `retrying` opens, before anything is written on it: the
+        # server may be another one now (a failover), which may lack the last transactions.
+        self.on_connect: Callable[[psycopg.Connection], None] = lambda conn: None
 
     def connect_and_migrate(self) -> None:
         """Connect, and bring the schema up to date where `database.auto_migrate` allows."""
@@ -86,11 +93,30 @@ class BatchStore:
         if applied:
             log.info("database schema: %s", schema.describe(applied))
 
-    def store(self, raw: list[RawEvent], batch: CleanBatch) -> WriteResult:
-        """Write one batch in a transaction of its own, retrying every fault until it is in."""
-        return self.retrying(lambda conn: self.write(raw, batch))
+    def store(
+        self, raw: list[RawEvent], batch: CleanBatch, marks: Marks | None = None
+    ) -> WriteResult:
+        """Write one batch and its offsets (`marks`, else its records') in a transaction of
+        its own, retrying every fault until it is in."""
+        marks = marks or self.marks(raw)
+        return self.retrying(lambda conn: self.write(raw, batch, marks))
 
-    def retrying(self, write: Callable[[psycopg.Connection], WriteResult]) -> WriteResult:
+    def stored_offsets(self) -> dict[tuple[str, int], int]:
+        """The database's offsets of this consumer group (store/offsets.py); a fault is
+        retried as for a write."""
+        group = self.settings.kafka_consumer_group
+
+        def read(conn: psycopg.Connection) -> dict[tuple[str, int], int]:
+            with self.errors():
+                return offsets.read(conn, group)
+
+        return self.retrying(read)
+
+    def marks(self, raw: list[RawEvent]) -> Marks:
+        """The offsets of these records, as this consumer group's write records them."""
+        return Marks.of(self.settings.kafka_consumer_group, raw)
+
+    def retrying(self, write: Callable[[psycopg.Connection], T]) -> T:
         """Run `write` on this store's connection until no fault stops it (a fresh connection
         after each); `write` commits what it writes, or nothing."""
         max_wait = self.settings.ingest_retry_max_seconds
@@ -99,6 +125,8 @@ class BatchStore:
                 try:
                     if self.connection is None or self.connection.closed:
                         self.connection = self._connect_db()
+                        with self.errors():
+                            self.on_connect(self.connection)
                     written = write(self.connection)
                 except Unavailable as exc:
                     # A fresh connection on the next try: after a failover or a terminated
@@ -108,7 +136,9 @@ class BatchStore:
                     raise
         return written
 
-    def write(self, raw: list[RawEvent], batch: CleanBatch) -> WriteResult:
+    def write(
+        self, raw: list[RawEvent], batch: CleanBatch, marks: Marks | None = None
+    ) -> WriteResult:
         """Write the batch once (within `retrying`); if the database refuses its content,
         find the events it refuses. Inside an open transaction, the batch is a savepoint."""
         conn = self.connection
@@ -116,7 +146,7 @@ class BatchStore:
         use_key(conn, self.settings.privacy_hash_key, self.settings.kinds)
         try:
             with self.errors(writing_events=True):
-                return write_batch(conn, batch)
+                return write_batch(conn, batch, marks)
         except RejectedByDatabase:
             pass
         with self.errors():
@@ -125,6 +155,7 @@ class BatchStore:
                 raw,
                 lambda events: clean(self.settings, events),
                 self.settings.ingest_max_rejected_share,
+                marks,
             )
 
     def errors(self, writing_events: bool = False):

@@ -448,4 +448,19 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
         )
         """,
     ),
+    # What each consumer group has stored of each partition, written in the same transaction
+    # as the rows (store/offsets.py): the database, not Kafka, says where to resume, so a
+    # failover to a standby that lacked the last transactions reads those events again.
+    "0011_ingest_offsets": (
+        """
+        CREATE TABLE ingest_offsets (
+            consumer_group text NOT NULL,
+            topic          text NOT NULL,
+            partition      integer NOT NULL,
+            next_offset    bigint NOT NULL,
+            stored_at      timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (consumer_group, topic, partition)
+        )
+        """,
+    ),
 }

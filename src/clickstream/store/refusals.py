@@ -22,6 +22,7 @@ import psycopg
 from clickstream.errors import RejectedByDatabase, SystematicRefusal
 from clickstream.events import CleanBatch, RawEvent, Reason, Reject
 from clickstream.store.faults import database_errors
+from clickstream.store.offsets import Marks
 from clickstream.store.writer import NOTHING_WRITTEN, WriteResult, write_batch
 
 __all__ = ["store_around_refusals"]
@@ -69,8 +70,10 @@ def store_around_refusals(
     raw: list[RawEvent],
     clean: Callable[[list[RawEvent]], CleanBatch],
     max_share: float,
+    marks: Marks | None = None,
 ) -> WriteResult:
-    """Store `raw`, which the database refused as a whole, dead-lettering what it refuses.
+    """Store `raw`, which the database refused as a whole, dead-lettering what it refuses;
+    `marks`, the batch's offsets, are recorded in the same transaction.
 
     Raises `SystematicRefusal` when the refused events are more than `max_share` of the
     batch (and more than one; none at all when `max_share` is 0).
@@ -81,6 +84,9 @@ def store_around_refusals(
         written = search.store(raw[:half]).plus(search.store(raw[half:]))
         if search.found:
             written = written.plus(write_batch(conn, CleanBatch(rejects=_rejects(search.found))))
+        if marks is not None:
+            with conn.cursor() as cur:
+                marks.record(cur)
     if search.found:
         log.warning(
             "the database refused %d of %d events of a batch (at most %d allowed by"

@@ -32,6 +32,7 @@ import psycopg
 from clickstream.events import CleanBatch
 from clickstream.store.derived import ORDER_LINE_DERIVATIONS, VIEW_DERIVATIONS, Derivation
 from clickstream.store.erased import skip_erased
+from clickstream.store.offsets import Marks
 from clickstream.store.partitions import ensure_days
 
 __all__ = ["NOTHING_WRITTEN", "WriteResult", "copy_views", "write_batch"]
@@ -242,24 +243,27 @@ def _is_missing_partition(exc: psycopg.Error) -> bool:
     return isinstance(exc, psycopg.errors.CheckViolation) and "no partition of relation" in str(exc)
 
 
-def write_batch(conn: psycopg.Connection, batch: CleanBatch) -> WriteResult:
+def write_batch(
+    conn: psycopg.Connection, batch: CleanBatch, marks: Marks | None = None
+) -> WriteResult:
     """Store a cleaned batch durably and exactly once; raise the driver's error on failure.
 
+    `marks`, the batch's offsets, are recorded in the same transaction (store/offsets.py).
     Called inside a transaction of the caller's, the batch is a savepoint of it: what it
     staged is cleared so the next batch of that transaction stages afresh.
     """
     try:
         _ensure_partitions(conn, batch)
-        return _write_batch(conn, batch)
+        return _write_batch(conn, batch, marks)
     except psycopg.errors.CheckViolation as exc:
         if not _is_missing_partition(exc):
             raise
         _known_days.pop(conn, None)
         _ensure_partitions(conn, batch)
-        return _write_batch(conn, batch)
+        return _write_batch(conn, batch, marks)
 
 
-def _write_batch(conn: psycopg.Connection, batch: CleanBatch) -> WriteResult:
+def _write_batch(conn: psycopg.Connection, batch: CleanBatch, marks: Marks | None) -> WriteResult:
     views = order_lines = orders = 0
     reasons: list[tuple[str, str]] = []
     nested = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
@@ -282,6 +286,8 @@ def _write_batch(conn: psycopg.Connection, batch: CleanBatch) -> WriteResult:
                     copy.write_row(reject)
             cur.execute(_MERGE_DEAD_LETTERS)
             reasons = cur.fetchall()
+        if marks is not None:
+            marks.record(cur)
         if nested:
             for table in ("product_views", "order_lines", "dead_letters"):
                 cur.execute(f"DELETE FROM stage_{table}")
