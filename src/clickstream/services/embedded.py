@@ -32,6 +32,7 @@ from clickstream.redact import redact
 __all__ = [
     "ServiceStatus",
     "bootstrap_servers",
+    "broker_pid",
     "database_url",
     "down",
     "status",
@@ -311,6 +312,14 @@ def status(settings: Settings) -> list[ServiceStatus]:
             )
         )
     return result
+
+
+def broker_pid(settings: Settings) -> int | None:
+    """The embedded broker's pid while it runs (None with an external Kafka)."""
+    if not settings.embedded_kafka:
+        return None
+    process = _tansu_process(_read_state(settings).get("kafka") or {})
+    return process.pid if process is not None else None
 
 
 def bootstrap_servers(settings: Settings) -> str:
