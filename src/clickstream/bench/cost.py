@@ -118,7 +118,7 @@ def statement_costs(conn: psycopg.Connection, limit: int = 8) -> list[StatementC
     rows = conn.execute(
         "SELECT query, calls, total_exec_time FROM pg_stat_statements"
         " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " AND query NOT LIKE '%pg_stat_statements%'"
+        " AND query NOT LIKE '%%pg_stat_statements%%'"
         " ORDER BY total_exec_time DESC LIMIT %s",
         (limit,),
     ).fetchall()
