@@ -13,6 +13,9 @@ Where the CPU goes in (b) is printed per part, as CPU seconds per million events
 event; clickstream.bench.cost), next to the raw COPY's backend in (a); the last line gives
 PostgreSQL's cost per event against the raw COPY's.
 
+With `--stored N`, each leg's database first holds N views over the 60 days before today
+with their keys and derived rows, generated in SQL as `clickstream bench prune` does.
+
 With `--metrics both`, (b) runs four times in the same run, each into a fresh database and
 fresh topics: with the consumers' metrics off, on, on, off ("on": each consumer serves them
 and this process scrapes every one of them each second, as Prometheus would). The last line
@@ -29,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -45,6 +49,7 @@ from clickstream.bench.cost import (
     statement_costs,
 )
 from clickstream.bench.metrics import METRICS_LEGS, Scraper, batch_seconds, scrape_seconds
+from clickstream.bench.prune import generate_stored
 from clickstream.bench.scratch import scratch_leg
 from clickstream.bench.server import free_port
 from clickstream.config import Settings
@@ -95,7 +100,13 @@ class IngestFigures:
 
 
 def run_ingest_benchmark(
-    settings: Settings, *, events: int, seed: int, consumers: int = 2, metrics: str = "off"
+    settings: Settings,
+    *,
+    events: int,
+    seed: int,
+    consumers: int = 2,
+    metrics: str = "off",
+    stored: int = 0,
 ) -> IngestFigures:
     bootstrap = bootstrap_servers(settings)
     run = uuid.uuid4().hex[:8]
@@ -120,6 +131,8 @@ def run_ingest_benchmark(
         leg = bench
         if number:
             leg = scratch_leg(settings, SCRATCH_DATABASE, f"ingest-{run}-{number}")
+        if stored:
+            _store_first(leg, stored)
         costs: list[LegCost] = []
         try:
             pipeline_seconds, produce_seconds = time_full_path(
@@ -179,6 +192,16 @@ def _print_cost(cost: LegCost, events: int, copy_cpu: float | None) -> None:
             f"    {statement.milliseconds * 1000 / events:7.2f} µs an event"
             f" {statement.calls:6,} calls  {statement.query[:90]}"
         )
+
+
+def _store_first(settings: Settings, views: int) -> None:
+    """What a database holds before (b) with `--stored`: the cost grows with what is stored
+    (the key table's index, the derived tables' indexes outgrowing memory)."""
+    started = time.monotonic()
+    generate_stored(settings.database_url, views, datetime.now(UTC))
+    print(
+        f"stored {views:,} views first (60 days before today) in {time.monotonic() - started:.0f}s"
+    )
 
 
 def _metrics_share(settings: Settings, lines: list[bytes], *, rate: float, consumers: int):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clickstream.cli._common import command, group, positive_float, positive_int
+from clickstream.cli._common import command, group, nonneg_int, positive_float, positive_int
 from clickstream.config import Settings
 
 
@@ -49,6 +49,7 @@ def cmd_bench_ingest(settings: Settings, args: argparse.Namespace) -> int:
         seed=args.seed,
         consumers=args.consumers,
         metrics=args.metrics,
+        stored=args.stored,
     )
     return 0
 
@@ -109,6 +110,14 @@ def _add_ingest(sub) -> None:
         help="the consumers' Prometheus metrics off, on (served and scraped every second), or"
         " both: (b) off, on, on, off in the same run, the last line giving each side's best"
         " and ratio=on/off (default off)",
+    )
+    p.add_argument(
+        "--stored",
+        type=nonneg_int,
+        default=0,
+        metavar="N",
+        help="views already stored before (b), generated in SQL over the 60 days before today"
+        " with their keys and user_product_hours rows, as bench prune does (default 0)",
     )
     p.add_argument(
         "--engine",
