@@ -1,4 +1,5 @@
-"""`clickstream down` signals only the processes it started, never a pid reused since."""
+"""`clickstream down` signals only the processes it started, never a pid reused since; `up`
+starts the embedded PostgreSQL with the settings the ingest needs."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+import psycopg
 import pytest
 from conftest import settings_env
 
 from clickstream.config import load_settings
+from clickstream.services import embedded
 
 EMPTY_CONFIG = Path(__file__).parent / "empty-config.yml"
 
@@ -82,3 +86,48 @@ def test_down_leaves_a_reused_pid_alone_and_says_so(tmp_path, stranger):
         timeout=60,
     )
     assert status.returncode == 3
+
+
+def test_up_starts_postgres_with_its_settings_and_records_the_restarted_server(tmp_path):
+    """initdb's 128 MB of buffers and checkpoints every 1 GB of WAL cost the ingest CPU; the
+    restart that applies them must leave `services.json` naming the server now running."""
+    settings = load_settings(
+        EMPTY_CONFIG,
+        env={
+            "CLICKSTREAM_DATA_DIR": str(tmp_path / "data"),
+            "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+        },
+    )
+    embedded.up(settings)
+    try:
+        with psycopg.connect(embedded.database_url(settings)) as conn:
+            shown = dict(
+                conn.execute(
+                    "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                    [
+                        [
+                            "shared_buffers",
+                            "max_wal_size",
+                            "checkpoint_timeout",
+                            "fsync",
+                            "synchronous_commit",
+                        ]
+                    ],
+                ).fetchall()
+            )
+            postmaster = conn.execute("SELECT pg_postmaster_start_time()").fetchone()
+        ram_mb = psutil.virtual_memory().total // 2**20
+        assert shown == {
+            "shared_buffers": str(min(max(ram_mb // 8, 128), 2048) * 128),  # in 8 kB pages
+            "max_wal_size": "8192",
+            "checkpoint_timeout": "900",
+            "fsync": "on",
+            "synchronous_commit": "on",
+        }
+        assert [s.running for s in embedded.status(settings)] == [True, True]
+        embedded.up(settings)  # already configured: left running as it is
+        with psycopg.connect(embedded.database_url(settings)) as conn:
+            again = conn.execute("SELECT pg_postmaster_start_time()").fetchone()
+        assert again == postmaster
+    finally:
+        assert embedded.down(settings) == ["database"]

@@ -9,6 +9,13 @@ merge cost on top of the fastest possible write:
       group (by default two processes, one per core of the reference machine) ingest them,
       timed from the first send until the last row is committed.
 
+Where the CPU goes in (b) is printed per part, as CPU seconds per million events (µs per
+event; clickstream.bench.cost), next to the raw COPY's backend in (a); the last line gives
+PostgreSQL's cost per event against the raw COPY's.
+
+With `--stored N`, each leg's database first holds N views over the 60 days before today
+with their keys and derived rows, generated in SQL as `clickstream bench prune` does.
+
 With `--metrics both`, (b) runs four times in the same run, each into a fresh database and
 fresh topics: with the consumers' metrics off, on, on, off ("on": each consumer serves them
 and this process scrapes every one of them each second, as Prometheus would). The last line
@@ -25,13 +32,24 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from tqdm import tqdm
 
+from clickstream.bench.cost import (
+    CpuMeter,
+    LegCost,
+    backend_pids,
+    cpu_seconds,
+    format_cost,
+    reset_statements,
+    statement_costs,
+)
 from clickstream.bench.metrics import METRICS_LEGS, Scraper, batch_seconds, scrape_seconds
+from clickstream.bench.prune import generate_stored
 from clickstream.bench.scratch import scratch_leg
 from clickstream.bench.server import free_port
 from clickstream.config import Settings
@@ -43,6 +61,7 @@ from clickstream.kafka.producer import TimestampClock, produce_lines, stamp
 from clickstream.kafka.security import Brokers, brokers
 from clickstream.metrics import serve_consumer_metrics
 from clickstream.process import tune_garbage_collector
+from clickstream.services.embedded import broker_pid
 from clickstream.store.batches import clean
 from clickstream.store.db import connect
 from clickstream.store.writer import copy_views
@@ -65,6 +84,8 @@ class IngestFigures:
     copy_seconds: float
     pipeline_seconds: float
     produce_seconds: float
+    copy_cpu_seconds: float | None = None  # the raw COPY's backend
+    cost: LegCost | None = None  # (b)'s, of the leg the figures come from
 
     @property
     def copy_rate(self) -> float:
@@ -80,7 +101,13 @@ class IngestFigures:
 
 
 def run_ingest_benchmark(
-    settings: Settings, *, events: int, seed: int, consumers: int = 2, metrics: str = "off"
+    settings: Settings,
+    *,
+    events: int,
+    seed: int,
+    consumers: int = 2,
+    metrics: str = "off",
+    stored: int = 0,
 ) -> IngestFigures:
     bootstrap = brokers(settings)
     run = uuid.uuid4().hex[:8]
@@ -94,32 +121,37 @@ def run_ingest_benchmark(
     lines = view_lines(events, seed=seed)
     print(f"generated {len(lines):,} views in {time.monotonic() - started:.1f}s")
 
-    copy_seconds = _raw_copy(bench, lines)
+    copy_seconds, copy_cpu = _raw_copy(bench, lines)
     print(
         f"(a) raw COPY: {events:,} rows in {copy_seconds:.2f}s"
-        f" = {events / copy_seconds:,.0f} rows/s"
+        f" = {events / copy_seconds:,.0f} rows/s; its PostgreSQL backend"
+        f" {format_cost(copy_cpu, events)} CPU µs a row"
     )
-    legs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    legs: dict[bool, list[tuple[float, float, LegCost]]] = {False: [], True: []}
     for number, on in enumerate(METRICS_LEGS[metrics]):
         leg = bench
         if number:
             leg = scratch_leg(settings, SCRATCH_DATABASE, f"ingest-{run}-{number}")
+        if stored:
+            _store_first(leg, stored)
+        costs: list[LegCost] = []
         try:
             pipeline_seconds, produce_seconds = time_full_path(
-                leg, bootstrap, lines, consumers, metrics=on
+                leg, bootstrap, lines, consumers, metrics=on, costs=costs
             )
         finally:
             delete_topics(bootstrap, [leg.kafka_views_topic, leg.kafka_orders_topic])
-        legs[on].append((pipeline_seconds, produce_seconds))
+        legs[on].append((pipeline_seconds, produce_seconds, costs[0]))
         print(
             f"(b) produce -> consume -> PostgreSQL, metrics {'on' if on else 'off'}:"
             f" {events:,} events in {pipeline_seconds:.2f}s"
             f" = {events / pipeline_seconds:,.0f} events/s"
             f" (producing alone took {produce_seconds:.2f}s)"
         )
-    best = {on: min(times) for on, times in legs.items() if times}
-    pipeline_seconds, produce_seconds = best[METRICS_LEGS[metrics][0]]
-    figures = IngestFigures(events, copy_seconds, pipeline_seconds, produce_seconds)
+        _print_cost(costs[0], events, copy_cpu)
+    best = {on: min(times, key=lambda leg: leg[0]) for on, times in legs.items() if times}
+    pipeline_seconds, produce_seconds, cost = best[METRICS_LEGS[metrics][0]]
+    figures = IngestFigures(events, copy_seconds, pipeline_seconds, produce_seconds, copy_cpu, cost)
     if len(best) == 2:
         off, on = (events / best[flag][0] for flag in (False, True))
         share = _metrics_share(bench, lines, rate=off, consumers=consumers)
@@ -129,11 +161,48 @@ def run_ingest_benchmark(
             f" {share:.2%} of each consumer's time; ratio={on / off:.3f}"
         )
         return figures
+    postgres = cost.seconds.get("PostgreSQL")
+    compared = ""
+    if postgres is not None and copy_cpu:
+        compared = (
+            f"; PostgreSQL {format_cost(postgres, events)} CPU µs an event,"
+            f" raw COPY {format_cost(copy_cpu, events)} µs a row:"
+            f" PostgreSQL cost {postgres / copy_cpu:.1f}x the raw COPY's"
+        )
     print(
         f"end to end {figures.pipeline_rate:,.0f} events/s,"
-        f" raw COPY {figures.copy_rate:,.0f} rows/s, ratio={figures.ratio:.2f}"
+        f" raw COPY {figures.copy_rate:,.0f} rows/s{compared}, ratio={figures.ratio:.2f}"
     )
     return figures
+
+
+def _print_cost(cost: LegCost, events: int, copy_cpu: float | None) -> None:
+    """(b)'s CPU per part, and where PostgreSQL's statements spent their time."""
+    parts = ", ".join(
+        f"{part} {format_cost(seconds, events)}" for part, seconds in cost.seconds.items()
+    )
+    print(
+        f"    CPU µs an event (CPU seconds per million events): {parts};"
+        f" raw COPY's backend {format_cost(copy_cpu, events)}"
+    )
+    if cost.statements is None:
+        print("    (pg_stat_statements is not loaded: no figures per statement)")
+        return
+    for statement in cost.statements:
+        print(
+            f"    {statement.milliseconds * 1000 / events:7.2f} µs an event"
+            f" {statement.calls:6,} calls  {statement.query[:90]}"
+        )
+
+
+def _store_first(settings: Settings, views: int) -> None:
+    """What a database holds before (b) with `--stored`: the cost grows with what is stored
+    (the key table's index, the derived tables' indexes outgrowing memory)."""
+    started = time.monotonic()
+    generate_stored(settings.database_url, views, datetime.now(UTC))
+    print(
+        f"stored {views:,} views first (60 days before today) in {time.monotonic() - started:.0f}s"
+    )
 
 
 def _metrics_share(settings: Settings, lines: list[bytes], *, rate: float, consumers: int):
@@ -165,35 +234,71 @@ def _cleaned(settings: Settings, lines: list[bytes]) -> tuple[list[RawEvent], Cl
     return raw, batch
 
 
-def _raw_copy(settings: Settings, lines: list[bytes]) -> float:
-    """Clean the events as the consumer would, then time one COPY of the rows alone."""
+def _raw_copy(settings: Settings, lines: list[bytes]) -> tuple[float, float | None]:
+    """Clean the events as the consumer would, then time one COPY of the rows alone;
+    return its seconds and its backend's CPU seconds (None when not on this machine)."""
     _, batch = _cleaned(settings, lines)
     with connect(settings) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        conn.commit()
+        local = backend_pids(conn) is not None
+        conn.commit()
         with conn.cursor() as cur:
+            before = cpu_seconds(pid) if local else None
             started = time.monotonic()
             with conn.transaction():
                 copy_views(cur, batch.views)
             took = time.monotonic() - started
+            after = cpu_seconds(pid) if local else None
         conn.execute("TRUNCATE product_views")
         conn.commit()
-    return took
+    spent = after - before if before is not None and after is not None else None
+    return took, spent
 
 
 def time_full_path(
-    settings: Settings, bootstrap: Brokers, lines: list[bytes], consumers: int, *, metrics: bool
+    settings: Settings,
+    bootstrap: Brokers,
+    lines: list[bytes],
+    consumers: int,
+    *,
+    metrics: bool,
+    costs: list[LegCost] | None = None,
 ) -> tuple[float, float]:
-    """Time (b); return (seconds until every row is stored, seconds the producer took)."""
+    """Time (b); return (seconds until every row is stored, seconds the producer took).
+    With `costs`, what the leg cost is appended to it."""
     path = settings.data_dir / f"{settings.kafka_views_topic}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join(line + b"\n" for line in lines))
     try:
-        return _timed_pipeline(settings, bootstrap, path, len(lines), consumers, metrics)
+        return _timed_pipeline(settings, bootstrap, path, len(lines), consumers, metrics, costs)
     finally:
         path.unlink(missing_ok=True)
 
 
+def _meter(settings: Settings, producer: int, consumers: list[int]) -> tuple[CpuMeter, bool]:
+    """A meter of the leg's parts, and whether pg_stat_statements was reset for it."""
+    with connect(settings) as conn:
+        backends = backend_pids(conn)
+        conn.commit()
+        statements = reset_statements(conn)
+    parts = {
+        "producer": [producer],
+        "broker": [pid] if (pid := broker_pid(settings)) is not None else None,
+        "consumers": consumers,
+        "PostgreSQL": backends,
+    }
+    return CpuMeter(parts), statements
+
+
 def _timed_pipeline(
-    settings: Settings, bootstrap: Brokers, path: Path, total: int, consumers: int, metrics: bool
+    settings: Settings,
+    bootstrap: Brokers,
+    path: Path,
+    total: int,
+    consumers: int,
+    metrics: bool,
+    costs: list[LegCost] | None,
 ) -> tuple[float, float]:
     ensure_topics(
         bootstrap,
@@ -231,6 +336,10 @@ def _timed_pipeline(
             if not all(p.is_alive() for p in processes[1:]):
                 raise RuntimeError("a consumer stopped before it was assigned partitions")
             time.sleep(0.05)
+        meter = statements = None
+        if costs is not None:
+            meter, statements = _meter(settings, producer.pid, [p.pid for p in processes[1:]])
+            meter.start()
         started = time.monotonic()
         go.set()
         with Scraper([f"http://127.0.0.1:{p}/metrics" for p in ports if p]):
@@ -244,6 +353,9 @@ def _timed_pipeline(
                 ),
             )
         took = time.monotonic() - started
+        if meter is not None:
+            spent = meter.stop()
+            costs.append(LegCost(spent, _statements(settings) if statements else None))
         produce_seconds, delivered = done.get(timeout=120)
     finally:
         stop.set()
@@ -253,6 +365,11 @@ def _timed_pipeline(
     if delivered != total:
         raise RuntimeError(f"the producer delivered {delivered:,} of {total:,} events")
     return took, produce_seconds
+
+
+def _statements(settings: Settings):
+    with connect(settings) as conn:
+        return statement_costs(conn)
 
 
 def wait_stored(

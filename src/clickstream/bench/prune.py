@@ -33,7 +33,7 @@ from clickstream.store.partitions import ensure_days, partition_name
 from clickstream.store.retention import cutoffs, prune
 from clickstream.store.writer import write_batch
 
-__all__ = ["run_prune_benchmark"]
+__all__ = ["generate_stored", "run_prune_benchmark"]
 
 SCRATCH_DATABASE = "clickstream_bench_prune"
 DAYS = 60
@@ -61,7 +61,7 @@ _GENERATE_DAY = """
 """
 
 
-def _generate(url: str, views: int, today: datetime) -> None:
+def generate_stored(url: str, views: int, today: datetime) -> None:
     """`views` views over the DAYS days before today, with their keys and derived rows."""
     per_day = views // DAYS
     with psycopg.connect(url, autocommit=True) as conn:
@@ -182,7 +182,7 @@ def run_prune_benchmark(settings: Settings, *, views: int, baseline_seconds: flo
     )
     today = datetime.now(UTC)
     started = time.monotonic()
-    _generate(url, views, today)
+    generate_stored(url, views, today)
     print(f"generated {views:,} views over {DAYS} days in {time.monotonic() - started:.1f}s")
 
     ctx = multiprocessing.get_context("spawn")

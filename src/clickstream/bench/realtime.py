@@ -9,7 +9,9 @@ One run, on a fresh topic and a scratch database holding the generated catalog:
       from its send time to the first response that lists its user;
   (b) throughput: a fresh source reads the whole topic back into a window, timed from its
       start until it caught up: the events/s the window sustains, compared in `ratio=` with
-      the producer's events/s of (a).
+      the producer's events/s of (a);
+  (c) memory: resident bytes per view of a window filled with 2,000,000 views
+      (`clickstream.bench.window_memory`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ from tqdm import tqdm
 
 from clickstream.bench.scratch import scratch_database
 from clickstream.bench.server import free_port, start_server
+from clickstream.bench.window_memory import (
+    MEMORY_PRODUCTS,
+    MEMORY_USERS,
+    MEMORY_VIEWS,
+    window_bytes_per_view,
+)
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.generate import generate
@@ -52,6 +60,7 @@ class RealtimeFigures:
     produce_seconds: float
     live_seconds: float
     replay_seconds: float
+    bytes_per_view: float
 
     @property
     def p50(self) -> float:
@@ -140,11 +149,18 @@ def run_realtime_benchmark(
         )
     finally:
         AdminClient(admin_config(bootstrap)).delete_topics([bench.kafka_views_topic])
-    figures = RealtimeFigures(total, delays, produce_seconds, live_seconds, replay_seconds)
+    per_view = window_bytes_per_view()
+    print(
+        f"(c) a window holding {MEMORY_VIEWS:,} views ({MEMORY_USERS:,} users,"
+        f" {MEMORY_PRODUCTS:,} products) takes {per_view:.0f} bytes a view"
+    )
+    figures = RealtimeFigures(
+        total, delays, produce_seconds, live_seconds, replay_seconds, per_view
+    )
     print(
         f"send -> /api/realtime p50 {figures.p50 * 1000:.0f} ms, p95 {figures.p95 * 1000:.0f} ms;"
         f" window {figures.window_rate:,.0f} events/s, producer {figures.producer_rate:,.0f}"
-        f" events/s, ratio={figures.ratio:.2f}"
+        f" events/s, ratio={figures.ratio:.2f}; {per_view:.0f} bytes a view in the window"
     )
     return figures
 

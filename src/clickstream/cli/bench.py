@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clickstream.cli._common import command, group, positive_float, positive_int
+from clickstream.cli._common import command, group, nonneg_int, positive_float, positive_int
 from clickstream.config import Settings
 
 
@@ -49,6 +49,7 @@ def cmd_bench_ingest(settings: Settings, args: argparse.Namespace) -> int:
         seed=args.seed,
         consumers=args.consumers,
         metrics=args.metrics,
+        stored=args.stored,
     )
     return 0
 
@@ -111,6 +112,14 @@ def _add_ingest(sub) -> None:
         " and ratio=on/off (default off)",
     )
     p.add_argument(
+        "--stored",
+        type=nonneg_int,
+        default=0,
+        metavar="N",
+        help="views already stored before (b), generated in SQL over the 60 days before today"
+        " with their keys and user_product_hours rows, as bench prune does (default 0)",
+    )
+    p.add_argument(
         "--engine",
         choices=("python", "spark"),
         default="python",
@@ -132,8 +141,9 @@ def _add_realtime(sub) -> None:
         "send -> /api/realtime delay and the events/s the live window takes",
         "On a fresh topic: produce views at max speed from another process while the server "
         "runs, polling GET /api/realtime for probe events (p50, p95 of send -> shown); then "
-        "read the whole topic back into a fresh window. The last line gives the delays, the "
-        "window's events/s and ratio=window/producer events/s.",
+        "read the whole topic back into a fresh window; then fill a window with 2,000,000 "
+        "views in a process of its own. The last line gives the delays, the window's events/s, "
+        "ratio=window/producer events/s and the window's bytes a view.",
     )
     p.add_argument("--events", type=positive_int, default=1_000_000, help="views (default 1000000)")
     p.add_argument("--users", type=positive_int, default=10_000, help="users (default 10000)")

@@ -88,7 +88,7 @@ def read_share(share: Share, sender: Connection, stop) -> None:
             behind = set(offsets)  # partitions that have not reached their end yet
             kinds = {share.topic: Kind.VIEW}
             while not stop.is_set() and (parent is None or parent.is_alive()):
-                messages = consumer.consume(BATCH_SIZE, timeout=POLL_SECONDS)
+                messages = _next_batch(consumer)
                 if not messages:
                     continue
                 live: list[RawEvent] = []
@@ -116,6 +116,19 @@ def read_share(share: Share, sender: Connection, stop) -> None:
     except Exception as exc:  # sent to the parent, which logs it and restarts the readers
         with contextlib.suppress(OSError):
             sender.send_bytes(marshal.dumps(("failed", f"{type(exc).__name__}: {exc}")))
+
+
+def _next_batch(consumer: Consumer) -> list:
+    """What has arrived, or else the first message within `POLL_SECONDS` and what came with
+    it. `consume(n, timeout)` waits for n messages or the timeout: below a full batch, every
+    event waited for the timeout before the window saw it."""
+    messages = consumer.consume(BATCH_SIZE, timeout=0)
+    if messages:
+        return messages
+    first = consumer.poll(POLL_SECONDS)
+    if first is None:
+        return []
+    return [first, *consumer.consume(BATCH_SIZE - 1, timeout=0)]
 
 
 def _rows(raw: list[RawEvent], share: Share) -> list[tuple]:

@@ -30,13 +30,22 @@ Semantics, all times in integer milliseconds, window length `W`, arrival time `n
 Cost: events are kept in buckets of one millisecond; a bucket's key goes on a deque when it
 is the newest so far (the usual case) and on a heap otherwise, so an event costs amortised
 O(1) dictionary updates, plus O(log n) only for an out-of-order millisecond not seen yet.
-Memory is proportional to the events inside the window.
+
+Memory: a window of 5 minutes holds millions of views at a busy shop's rate, so an event
+keeps no object of its own. Each user, product and platform in the window is kept once, with
+a small number and a count of its views (`_Tally`); a bucket is one `bytes` of fixed-size
+records (the event's id in 16 bytes, the three numbers), and the ids of the visible events
+are 16-byte keys packed in shards (`_MessageIds`). What grows per event is those 44 bytes
+plus its share of its millisecond's bucket; the rest follows the distinct users, products
+and platforms. The answer stays exact: a canonical UUID (the form the producers send) and its
+16 bytes are one-to-one, and any other id is kept as it came.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
+import struct
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -44,6 +53,7 @@ from typing import NamedTuple
 
 from clickstream.event_time import DEFAULT_MAX_AHEAD_MS
 from clickstream.natural import natural_key
+from clickstream.realtime.tally import MessageIds, Tally, find, name_of, sort_text, uuid_key
 
 __all__ = [
     "Snapshot",
@@ -53,6 +63,10 @@ __all__ = [
 ]
 
 _REBUILD_AFTER = 256  # users who joined or left since the last snapshot
+# A bucket's record: the event's id (its UUID's 16 bytes, or the number of an id of any
+# other form, flagged in the platform's number), and the numbers of user, product, platform.
+_RECORD = struct.Struct("<16sIII")
+_OTHER_ID = 1 << 31
 
 
 def ranked(counts: dict[str, int]) -> list[tuple[str, int]]:
@@ -88,14 +102,6 @@ class Snapshot:
     duplicates: int
 
 
-def _remove(counts: dict[str, int], key: str) -> None:
-    left = counts[key] - 1
-    if left:
-        counts[key] = left
-    else:
-        del counts[key]
-
-
 class SlidingWindow:
     """Distinct users, views per category and per platform over the last `window_ms`."""
 
@@ -109,38 +115,44 @@ class SlidingWindow:
         self.late = 0
         self.future = 0
         self.duplicates = 0
-        self._buckets: dict[int, list[View]] = {}
+        self._views = 0
+        self._buckets: dict[int, bytes] = {}  # event time -> its views' records
         self._in_order: deque[int] = deque()
         self._out_of_order: list[int] = []
-        self._messageids: set[str] = set()
-        self._users: dict[str, int] = {}
-        self._user_keys: dict[str, tuple] = {}  # sort keys, computed once per active user
+        self._uuids = MessageIds()
+        self._other_ids = Tally()  # ids that are not canonical UUIDs, kept as they came
+        self._users = Tally()
+        self._user_keys: list[str | None] = []  # `sort_text` by user number, made once
         # The users' sort keys in natural order as of the last snapshot, and who joined or
         # left since: a snapshot places the few newcomers instead of sorting everybody.
-        self._listed: list[tuple] = []
-        self._listed_ids: set[str] = set()
+        self._listed: list[str] = []
         self._changed: list[str] = []
         self._rebuild = False  # too many changed to place one by one: sort afresh
-        self._products: dict[str, int] = {}
-        self._platforms: dict[str, int] = {}
+        self._products = Tally()
+        self._platforms = Tally()
         self._now_ms: int | None = None
 
     def __len__(self) -> int:
         """Events visible now (as of the last `add` or `advance`)."""
-        return len(self._messageids)
+        return self._views
 
     def add(self, views: Iterable[View], now_ms: int) -> int:
         """Place a batch of views that arrived at `now_ms`; return how many became visible."""
         self.advance(now_ms)
         cutoff = now_ms - self.window_ms
         horizon = now_ms + self.max_skew_ms
-        buckets, messageids = self._buckets, self._messageids
+        buckets, in_order, pack = self._buckets, self._in_order, _RECORD.pack
+        uuids, others = self._uuids, self._other_ids
+        shards, mask = uuids.shards, uuids.mask
         users, products, platforms = self._users, self._products, self._platforms
-        in_order = self._in_order
-        accepted = 0
-        user_keys = self._user_keys
-        for view in views:
-            messageid, userid, product, platform, at = view
+        user_ids, product_ids, platform_ids = users.ids, products.ids, platforms.ids
+        user_counts, product_counts, platform_counts = (
+            users.counts,
+            products.counts,
+            platforms.counts,
+        )
+        accepted = packed = 0
+        for messageid, userid, product, platform, at in views:
             if at <= cutoff:
                 self.late += 1
                 continue
@@ -149,31 +161,57 @@ class SlidingWindow:
                     self.future += 1
                     continue
                 at = now_ms
-            if messageid in messageids:
-                self.duplicates += 1
-                continue
-            messageids.add(messageid)
+            key = uuid_key(messageid)
+            if key is None:
+                if messageid in others.ids:
+                    self.duplicates += 1
+                    continue
+                key, flag = others.new(messageid).to_bytes(16, "little"), _OTHER_ID
+            else:
+                shard = shards[hash(key) & mask]
+                found = shard.find(key)
+                if found >= 0 and (not found & 15 or find(shard, key) >= 0):
+                    self.duplicates += 1
+                    continue
+                shard += key
+                packed += 1
+                flag = 0
+            user = user_ids.get(userid)
+            if user is None:
+                user = self._new_user(userid)
+            user_counts[user] += 1
+            item = product_ids.get(product)
+            if item is None:
+                item = products.new(product)
+            product_counts[item] += 1
+            source = platform_ids.get(platform)
+            if source is None:
+                source = platforms.new(platform)
+            platform_counts[source] += 1
+            record = pack(key, user, item, source | flag)
             bucket = buckets.get(at)
             if bucket is None:
-                buckets[at] = [view]
+                buckets[at] = record
                 if not in_order or at > in_order[-1]:
                     in_order.append(at)
                 else:
                     heapq.heappush(self._out_of_order, at)
             else:
-                bucket.append(view)
-            seen = users.get(userid)
-            if seen is None:
-                users[userid] = 1
-                user_keys[userid] = natural_key(userid)
-                self._changed.append(userid)
-            else:
-                users[userid] = seen + 1
-            products[product] = products.get(product, 0) + 1
-            platforms[platform] = platforms.get(platform, 0) + 1
+                buckets[at] = bucket + record
             accepted += 1
+        self._views += accepted
+        uuids.resize(packed)
         self._note_many_changes()
         return accepted
+
+    def _new_user(self, userid: str) -> int:
+        number = self._users.new(userid)
+        keys = self._user_keys
+        if number == len(keys):
+            keys.append(None)
+        keys[number] = sort_text(userid)
+        self._changed.append(userid)
+        return number
 
     def advance(self, now_ms: int) -> None:
         """Move the window's end to `now_ms` (never backwards), expiring what aged out."""
@@ -196,43 +234,65 @@ class SlidingWindow:
             self._rebuild = True
 
     def _expire(self, at: int) -> None:
-        self._take_out(self._buckets.pop(at))
+        self._take_out(_RECORD.iter_unpack(self._buckets.pop(at)))
 
-    def _take_out(self, views: Iterable[View]) -> None:
-        messageids = self._messageids
+    def _take_out(self, records: Iterable[tuple[bytes, int, int, int]]) -> None:
+        uuids, others = self._uuids, self._other_ids
+        shards, mask = uuids.shards, uuids.mask
         users, products, platforms = self._users, self._products, self._platforms
-        user_keys = self._user_keys
-        for messageid, userid, product, platform, _ in views:
-            messageids.discard(messageid)
-            left = users[userid] - 1
-            if left:
-                users[userid] = left
+        user_counts, product_counts, platform_counts = (
+            users.counts,
+            products.counts,
+            platforms.counts,
+        )
+        taken = unpacked = 0
+        for key, user, item, source in records:
+            if source & _OTHER_ID:
+                others.drop(int.from_bytes(key, "little"))
+                source ^= _OTHER_ID
             else:
-                del users[userid]
-                del user_keys[userid]
-                self._changed.append(userid)
-            _remove(products, product)
-            _remove(platforms, platform)
+                shard = shards[hash(key) & mask]
+                found = find(shard, key)
+                del shard[found : found + 16]
+                unpacked += 1
+            left = user_counts[user] - 1
+            user_counts[user] = left
+            if not left:
+                self._user_keys[user] = None
+                self._changed.append(users.drop(user))
+            left = product_counts[item] - 1
+            product_counts[item] = left
+            if not left:
+                products.drop(item)
+            left = platform_counts[source] - 1
+            platform_counts[source] = left
+            if not left:
+                platforms.drop(source)
+            taken += 1
+        self._views -= taken
+        uuids.resize(-unpacked)
         self._note_many_changes()
 
     @property
     def users(self) -> list[str]:
         """The users with a view in the window, in no particular order."""
-        return list(self._users)
+        return list(self._users.ids)
 
     def forget(self, users: Collection[str], until_ms: int) -> int:
         """Take out every view of these users with an event time up to `until_ms` (their
         erasure); return how many. It reads the whole window: erasures are rare."""
-        if not users or not any(user in self._users for user in users):
+        numbers = {self._users.ids[user] for user in users if user in self._users.ids}
+        if not numbers:
             return 0
-        gone: list[View] = []
+        gone: list[tuple[bytes, int, int, int]] = []
         for at, bucket in self._buckets.items():
             if at > until_ms:
                 continue
-            keep = [view for view in bucket if view[1] not in users]
-            if len(keep) != len(bucket):
-                gone += [view for view in bucket if view[1] in users]
-                bucket[:] = keep
+            records = list(_RECORD.iter_unpack(bucket))
+            keep = [record for record in records if record[1] not in numbers]
+            if len(keep) != len(records):
+                gone += [record for record in records if record[1] in numbers]
+                self._buckets[at] = b"".join(_RECORD.pack(*record) for record in keep)
         self._take_out(gone)
         return len(gone)
 
@@ -240,11 +300,12 @@ class SlidingWindow:
         """The window as of `now_ms` (which expires what aged out by then), its products
         counted per `category(product)` (without a mapping: per product)."""
         self.advance(now_ms)
+        products = self._products.counted()
         if category is None:
-            categories = self._products
+            categories = products
         else:
             categories = {}
-            for product, views in self._products.items():
+            for product, views in products.items():
                 name = category(product)
                 categories[name] = categories.get(name, 0) + views
         return Snapshot(
@@ -252,29 +313,29 @@ class SlidingWindow:
             window_ms=self.window_ms,
             users=self._users_in_order(),
             categories=ranked(categories),
-            platforms=ranked(self._platforms),
-            views=len(self._messageids),
+            platforms=ranked(self._platforms.counted()),
+            views=self._views,
             late=self.late,
             future=self.future,
             duplicates=self.duplicates,
         )
 
     def _users_in_order(self) -> list[str]:
-        users, listed, listed_ids = self._users, self._listed, self._listed_ids
+        ids, keys, listed = self._users.ids, self._user_keys, self._listed
         changed = dict.fromkeys(self._changed)  # each once, whatever they did since
         self._changed.clear()
         if self._rebuild or len(changed) > _REBUILD_AFTER:
             # Placing each costs a shift of the list: past a few hundred, sort afresh.
-            self._listed = listed = sorted(self._user_keys.values())
-            self._listed_ids = set(users)
+            self._listed = listed = sorted(key for key in keys if key is not None)
             self._rebuild = False
         else:
             for user in changed:
-                present, was = user in users, user in listed_ids
-                if present and not was:
-                    bisect.insort(listed, self._user_keys[user])
-                    listed_ids.add(user)
-                elif was and not present:
-                    del listed[bisect.bisect_left(listed, natural_key(user))]
-                    listed_ids.discard(user)
-        return [key[-1] for key in listed]
+                number = ids.get(user)
+                key = sort_text(user) if number is None else keys[number]
+                at = bisect.bisect_left(listed, key)
+                was = at < len(listed) and listed[at] == key
+                if number is not None and not was:
+                    listed.insert(at, key)
+                elif was and number is None:
+                    del listed[at]
+        return [name_of(key) for key in listed]

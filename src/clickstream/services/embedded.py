@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import psycopg
 
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError, ServiceDown
@@ -32,6 +33,7 @@ from clickstream.redact import redact
 __all__ = [
     "ServiceStatus",
     "bootstrap_servers",
+    "broker_pid",
     "database_url",
     "down",
     "status",
@@ -217,11 +219,51 @@ def _start_tansu(settings: Settings) -> dict:
     }
 
 
+def _server_settings() -> dict[str, str]:
+    """What the embedded server runs with in place of initdb's defaults, which size it for a
+    small shared machine (128 MB of buffers, a checkpoint at every 1 GB of WAL or 5 minutes).
+
+    Buffers: an eighth of RAM, within 128 MB and 2 GB, so that the key tables' and derived
+    tables' indexes the ingest updates at random stay in PostgreSQL's own cache. WAL: a
+    checkpoint every 15 minutes or 8 GB, so that a page is written whole to the WAL (the
+    first change after each checkpoint) far less often. Durability is untouched: `fsync` and
+    `synchronous_commit` stay on, which exactly-once relies on.
+    """
+    ram_mb = psutil.virtual_memory().total // 2**20
+    return {
+        "shared_buffers": f"{min(max(ram_mb // 8, 128), 2048)}MB",
+        "max_wal_size": "8GB",
+        "min_wal_size": "1GB",
+        "checkpoint_timeout": "15min",
+    }
+
+
+def _configure_postgres(server, pgdata: Path) -> None:
+    """Apply `_server_settings` with ALTER SYSTEM (kept in postgresql.auto.conf) and restart
+    the server when one of them, like shared_buffers, takes effect only at start; a server
+    already configured is left running as it is."""
+    wanted = _server_settings()
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        for name, value in wanted.items():
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        conn.execute("SELECT pg_reload_conf()")
+        # the files as they are now: a setting that only a start applies is flagged at once
+        pending = conn.execute(
+            "SELECT count(*) FROM pg_file_settings WHERE name = ANY(%s) AND error IS NOT NULL",
+            [list(wanted)],
+        ).fetchone()
+    if pending[0]:
+        pg_ctl = _embedded("pgserver._commands").pg_ctl
+        owner = pgdata.owner() if os.geteuid() == 0 else None
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=owner, timeout=60)
+
+
 def _start_postgres(settings: Settings) -> dict:
     pgserver = _embedded("pgserver")
     pgdata = settings.data_dir / "postgres"
     server = pgserver.get_server(pgdata, cleanup_mode=None)
-    info = server.get_postmaster_info()
+    _configure_postgres(server, pgdata)
+    info = _embedded("pgserver.utils").PostmasterInfo.read_from_pgdata(pgdata)
     return {"pid": info.pid, "pgdata": str(pgdata), "url": server.get_uri()}
 
 
@@ -311,6 +353,14 @@ def status(settings: Settings) -> list[ServiceStatus]:
             )
         )
     return result
+
+
+def broker_pid(settings: Settings) -> int | None:
+    """The embedded broker's pid while it runs (None with an external Kafka)."""
+    if not settings.embedded_kafka:
+        return None
+    process = _tansu_process(_read_state(settings).get("kafka") or {})
+    return process.pid if process is not None else None
 
 
 def bootstrap_servers(settings: Settings) -> str:
