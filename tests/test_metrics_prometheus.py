@@ -219,6 +219,8 @@ def test_prometheus_reads_the_counts_the_database_has(running):
         (orders_topic, "stored"): stored[orders_topic],
         (orders_topic, "duplicate"): 4,
         (orders_topic, "dead_letter"): 2,
+        (views_topic, "erased"): 0,  # no user was erased
+        (orders_topic, "erased"): 0,
     }
     reasons = by(("topic", "reason"), query(ports["prometheus"], "clickstream_dead_letters_total"))
     assert reasons == dict(dead)
