@@ -31,8 +31,8 @@ from confluent_kafka import Consumer, TopicPartition
 from psycopg import conninfo
 
 from clickstream.config import SETTINGS, Settings, load_settings
-from clickstream.events import Kind
-from clickstream.ingest import Ingestor
+from clickstream.ingest.consumer import Ingestor
+from clickstream.ingest.raw import Kind
 from clickstream.kafka.client import ensure_topics
 from clickstream.kafka.producer import produce_lines
 from clickstream.services import embedded

@@ -36,8 +36,9 @@ from clickstream.api.app import create_app
 from clickstream.api.coalesce import Coalescer
 from clickstream.api.server import BackgroundServer, run_in_background
 from clickstream.config import Settings, load_settings
-from clickstream.events import Kind, RawEvent, clean_batch
-from clickstream.ingest import Ingestor
+from clickstream.ingest.cleaning import clean_batch
+from clickstream.ingest.consumer import Ingestor
+from clickstream.ingest.raw import Kind, RawEvent
 from clickstream.services import embedded
 from clickstream.store.db import connect
 from clickstream.store.schema import migrate

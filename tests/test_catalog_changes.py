@@ -9,7 +9,8 @@ import orjson
 from test_realtime_api import send, view, wait_for
 
 from clickstream.api.server import run_in_background
-from clickstream.events import Kind, RawEvent, clean_batch
+from clickstream.ingest.cleaning import clean_batch
+from clickstream.ingest.raw import Kind, RawEvent
 from clickstream.reports.hours import HOUR, last_complete_hour, suffix
 from clickstream.reports.scheduler import report_pass
 from clickstream.store.catalog import upsert_products

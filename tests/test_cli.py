@@ -19,7 +19,8 @@ from conftest import settings_env
 
 from clickstream.cli import build_parser, main
 from clickstream.config import load_settings
-from clickstream.events import Kind, RawEvent, clean_batch
+from clickstream.ingest.cleaning import clean_batch
+from clickstream.ingest.raw import Kind, RawEvent
 
 EMPTY_CONFIG = Path(__file__).parent / "empty-config.yml"
 

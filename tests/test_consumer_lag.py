@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 from conftest import Pipeline
 
 from clickstream.generate import generate
-from clickstream.ingest import Ingestor
+from clickstream.ingest.consumer import Ingestor
 from clickstream.kafka.client import consumer_config
 from clickstream.kafka.lag import PartitionLag, consumer_lag, describe, partition_lag
 
@@ -143,7 +143,7 @@ def test_a_member_the_group_gives_no_partition_stops_after_waiting_for_a_share(
     """Three members, two partitions in all: one is spare, and still drains and stops."""
     import dataclasses
 
-    from clickstream import ingest
+    from clickstream.ingest import consumer as ingest
     from clickstream.kafka.client import ensure_topics
 
     monkeypatch.setattr(ingest, "SPARE_MEMBER_SECONDS", 3.0)

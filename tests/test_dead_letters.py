@@ -16,13 +16,14 @@ import psycopg
 import pytest
 from conftest import Pipeline, settings_env
 
-from clickstream.dead_letters import CHUNK, ndjson_line, replay
-from clickstream.events import Kind, RawEvent, clean_batch
-from clickstream.printable import preview
+from clickstream.ingest.cleaning import clean_batch
+from clickstream.ingest.raw import Kind, RawEvent
+from clickstream.lifecycle.replay import CHUNK, ndjson_line, replay
 from clickstream.store.db import connect
 from clickstream.store.dead_letters import Selection
 from clickstream.store.recompute import differences
 from clickstream.store.writer import write_batch
+from clickstream.util.printable import preview
 
 SMALL = 300  # ingest.max_event_bytes while the events arrive
 

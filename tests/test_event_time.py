@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from clickstream.event_time import format_timestamp
+from clickstream.ingest.event_time import format_timestamp
 
 
 def _view(messageid: str, user: str, product: str, stamp: str) -> bytes:

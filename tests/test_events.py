@@ -19,16 +19,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clickstream import event_time, events
-from clickstream.events import (
+from clickstream.ingest import cleaning as events
+from clickstream.ingest import event_time
+from clickstream.ingest.cleaning import (
     MAX_ID_LENGTH,
     MAX_QUANTITY,
     CleanBatch,
-    Kind,
-    RawEvent,
     Reason,
     clean_batch,
 )
+from clickstream.ingest.raw import Kind, RawEvent
 
 VIEWS, ORDERS = "product-views", "orders"
 NOW = datetime(2026, 11, 24, 13, 30, 0, 250_000, tzinfo=UTC)

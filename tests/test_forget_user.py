@@ -19,11 +19,12 @@ from test_realtime_api import send, view, wait_for
 from test_reports_generated import HOURS, _expected, _with_timestamps
 
 from clickstream.api.server import run_in_background
-from clickstream.event_time import format_timestamp
-from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.generate import generate, write_dataset
-from clickstream.ingest import Ingestor
-from clickstream.privacy import names_user, user_hash
+from clickstream.ingest.cleaning import clean_batch
+from clickstream.ingest.consumer import Ingestor
+from clickstream.ingest.event_time import format_timestamp
+from clickstream.ingest.raw import Kind, RawEvent
+from clickstream.lifecycle.privacy import names_user, user_hash
 from clickstream.reports.hourly import write_reports
 from clickstream.reports.hours import parse_hour
 from clickstream.store.catalog import upsert_products

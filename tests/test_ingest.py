@@ -24,9 +24,9 @@ import psycopg
 import pytest
 from conftest import Pipeline
 
-from clickstream.events import Reason
 from clickstream.generate import generate
-from clickstream.ingest import Ingestor
+from clickstream.ingest.cleaning import Reason
+from clickstream.ingest.consumer import Ingestor
 from clickstream.services import embedded
 from clickstream.store.batches import APPLICATION_NAME
 from clickstream.store.db import connect

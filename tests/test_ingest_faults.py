@@ -36,7 +36,7 @@ from test_ingest import (
     wait_for,
 )
 
-from clickstream.ingest import Ingestor
+from clickstream.ingest.consumer import Ingestor
 from clickstream.store.db import connect
 
 Offsets = dict[tuple[str, int], int]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import orjson
 from test_ingest import fast, make_stream
 
-from clickstream.events import CleanBatch, Kind, RawEvent
+from clickstream.ingest.cleaning import CleanBatch
+from clickstream.ingest.raw import Kind, RawEvent
 from clickstream.store.db import connect
 from clickstream.store.offsets import Marks, read
 from clickstream.store.writer import write_batch

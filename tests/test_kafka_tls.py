@@ -38,7 +38,7 @@ import orjson
 import pytest
 from conftest import Pipeline, missing_dependency, settings_env
 
-from clickstream.ingest import Ingestor
+from clickstream.ingest.consumer import Ingestor
 from clickstream.kafka.client import ensure_topics
 from clickstream.kafka.producer import produce_lines
 from clickstream.kafka.security import brokers

@@ -19,7 +19,8 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from clickstream.api.server import run_in_background
-from clickstream.events import Kind, RawEvent, clean_batch
+from clickstream.ingest.cleaning import clean_batch
+from clickstream.ingest.raw import Kind, RawEvent
 from clickstream.store.db import connect
 from clickstream.store.writer import write_batch
 

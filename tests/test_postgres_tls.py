@@ -18,7 +18,7 @@ from conftest import missing_dependency, run_cli
 from pg_clusters import Cluster, cluster_dir
 
 from clickstream.generate import generate
-from clickstream.ingest import Ingestor
+from clickstream.ingest.consumer import Ingestor
 
 PASSWORD = "tls-s3cret-Pw"
 

@@ -15,7 +15,7 @@ from confluent_kafka import Producer
 
 from clickstream.api.broadcast import Broadcast
 from clickstream.api.server import BackgroundServer, run_in_background
-from clickstream.event_time import format_timestamp
+from clickstream.ingest.event_time import format_timestamp
 from clickstream.realtime.source import NOT_IN_CATALOG
 from clickstream.store.catalog import upsert_products
 from clickstream.store.db import connect

@@ -7,7 +7,6 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clickstream.natural import natural_key
 from clickstream.realtime.tally import (
     KEYS_PER_SHARD,
     MessageIds,
@@ -17,6 +16,7 @@ from clickstream.realtime.tally import (
     uuid_key,
 )
 from clickstream.realtime.window import SlidingWindow
+from clickstream.util.natural import natural_key
 
 names = st.text(alphabet=st.sampled_from("ab-_ \x00\x01\x02é0123456789"), max_size=12)
 

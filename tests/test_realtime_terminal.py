@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from rich.console import Console
 from rich.text import Text
 
-from clickstream.event_time import epoch_ms, format_timestamp
-from clickstream.events import Kind, RawEvent, clean_batch
+from clickstream.ingest.cleaning import clean_batch
+from clickstream.ingest.event_time import epoch_ms, format_timestamp
+from clickstream.ingest.raw import Kind, RawEvent
 from clickstream.realtime.source import LiveState
 from clickstream.realtime.terminal import render
 from clickstream.realtime.window import SlidingWindow

@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clickstream.event_time import EventTimeRule, TimeFix, epoch_ms, format_timestamp
-from clickstream.events import Kind, RawEvent, clean_batch
-from clickstream.natural import natural_key
+from clickstream.ingest.cleaning import clean_batch
+from clickstream.ingest.event_time import EventTimeRule, TimeFix, epoch_ms, format_timestamp
+from clickstream.ingest.raw import Kind, RawEvent
 from clickstream.realtime.window import SlidingWindow, View, ranked
+from clickstream.util.natural import natural_key
 
 W = 10_000  # a 10-second window keeps the timelines readable; times are in ms
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from clickstream.event_time import format_timestamp
-from clickstream.events import CleanBatch, OrderLineRow, ViewRow
-from clickstream.reconcile import Window, repair, windows
+from clickstream.ingest.cleaning import CleanBatch, OrderLineRow, ViewRow
+from clickstream.ingest.event_time import format_timestamp
+from clickstream.lifecycle.reconcile import Window, repair, windows
 from clickstream.store.db import connect
 from clickstream.store.recompute import DERIVED_TABLES, differences
 from clickstream.store.retention import cutoffs, prune

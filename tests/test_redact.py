@@ -9,7 +9,7 @@ import sys
 import pytest
 from psycopg import conninfo
 
-from clickstream.redact import RedactingFilter, redact, remember
+from clickstream.util.redact import RedactingFilter, redact, remember
 
 
 @pytest.mark.parametrize(

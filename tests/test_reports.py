@@ -26,8 +26,9 @@ import psycopg
 import pytest
 from conftest import Pipeline, fresh_database
 
-from clickstream.event_time import format_timestamp
-from clickstream.events import Kind, RawEvent, clean_batch
+from clickstream.ingest.cleaning import clean_batch
+from clickstream.ingest.event_time import format_timestamp
+from clickstream.ingest.raw import Kind, RawEvent
 from clickstream.reports.hourly import read_counts
 from clickstream.reports.hours import parse_hour
 from clickstream.reports.queries import raw_counts

@@ -17,8 +17,9 @@ import orjson
 import pandas as pd
 import pytest
 
-from clickstream.events import Kind, RawEvent, clean_batch
 from clickstream.generate import generate, write_dataset
+from clickstream.ingest.cleaning import clean_batch
+from clickstream.ingest.raw import Kind, RawEvent
 from clickstream.reports.hourly import write_reports
 from clickstream.reports.hours import parse_hour
 from clickstream.store.catalog import upsert_products

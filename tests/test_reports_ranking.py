@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from clickstream.natural import natural_key
 from clickstream.reports.hours import file_names, hours_between, last_complete_hour, parse_hour
 from clickstream.reports.ranking import (
     Counts,
@@ -17,6 +16,7 @@ from clickstream.reports.ranking import (
     render,
     top_rows,
 )
+from clickstream.util.natural import natural_key
 
 
 def test_natural_order_reads_numbers_as_numbers():

@@ -20,8 +20,8 @@ import pytest
 from test_reports import store, view
 
 from clickstream.errors import ClickstreamError
-from clickstream.event_time import format_timestamp
-from clickstream.events import CleanBatch, ViewRow
+from clickstream.ingest.cleaning import CleanBatch, ViewRow
+from clickstream.ingest.event_time import format_timestamp
 from clickstream.reports.hours import hours_between
 from clickstream.reports.scheduler import due_hours, report_pass, run_every_hour
 from clickstream.store.catalog import upsert_products

@@ -20,9 +20,9 @@ import psycopg.conninfo
 import pytest
 from conftest import Pipeline
 
-from clickstream.event_time import format_timestamp
-from clickstream.events import CleanBatch, OrderLineRow, Reject, ViewRow
-from clickstream.ingest import Ingestor
+from clickstream.ingest.cleaning import CleanBatch, OrderLineRow, Reject, ViewRow
+from clickstream.ingest.consumer import Ingestor
+from clickstream.ingest.event_time import format_timestamp
 from clickstream.reports.scheduler import run_every_hour
 from clickstream.store.db import connect
 from clickstream.store.migrations import MIGRATIONS

@@ -29,7 +29,7 @@ from test_ingest import (
     wait_for,
 )
 
-from clickstream.ingest import IngestStats
+from clickstream.ingest.consumer import IngestStats
 from clickstream.services import embedded
 
 CRASH_HOOK = str(Path(__file__).with_name("spark_crash.py"))
@@ -425,7 +425,8 @@ def written_in_chunks(p: Pipeline, parts: list[list[bytes]], between=None, abort
     need_spark_extra()
     from concurrent.futures import ThreadPoolExecutor
 
-    from clickstream.events import Kind, RawEvent, clean_batch
+    from clickstream.ingest.cleaning import clean_batch
+    from clickstream.ingest.raw import Kind, RawEvent
     from clickstream.spark.sink import BatchSink, Chunks
 
     sink, chunks, offset = BatchSink(p.settings, tasks=False, stop=threading.Event()), Chunks(), 0

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 from clickstream.errors import UsageError
-from clickstream.events import MAX_ID_LENGTH
+from clickstream.ingest.cleaning import MAX_ID_LENGTH
 
 __all__ = ["read_catalog"]
 

@@ -20,12 +20,12 @@ from clickstream.catalog import read_catalog
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.generate import generate, write_dataset
-from clickstream.ingest import Ingestor
+from clickstream.ingest.consumer import Ingestor
 from clickstream.kafka.producer import produce_lines
 from clickstream.kafka.security import Brokers, brokers
-from clickstream.prepare import prepare
 from clickstream.reports.hourly import write_reports
 from clickstream.services import embedded
+from clickstream.services.prepare import prepare
 from clickstream.store.catalog import upsert_products
 from clickstream.store.db import connect
 from clickstream.store.schema import describe

@@ -5,7 +5,7 @@ Adapters translate driver and client errors into these at the boundary (the data
 "tell the user" in one place:
 
 - `Unavailable` and its subclasses are faults of the broker or the database, never of an
-  event: the caller retries (`clickstream.retry`) and commits nothing meanwhile.
+  event: the caller retries (`clickstream.util.retry`) and commits nothing meanwhile.
 - `RejectedByDatabase` is the database refusing what one event contains: that event, and
   only that event, is dead-lettered.
 - The rest (`ConfigError`, `UsageError`, `ServiceDown`) is for the user to fix.

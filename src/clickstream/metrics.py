@@ -38,7 +38,8 @@ from clickstream.errors import UsageError
 
 if TYPE_CHECKING:
     from clickstream.config import Settings
-    from clickstream.events import CleanBatch, RawEvent
+    from clickstream.ingest.cleaning import CleanBatch
+    from clickstream.ingest.raw import RawEvent
     from clickstream.store.writer import WriteResult
 
 __all__ = [
@@ -250,7 +251,7 @@ def _newest_event_time(batch: CleanBatch) -> float | None:
     )
     if not newest:
         return None
-    from clickstream.event_time import epoch_ms
+    from clickstream.ingest.event_time import epoch_ms
 
     return epoch_ms(newest) / 1000
 

@@ -28,7 +28,7 @@ from clickstream.errors import ClickstreamError
 from clickstream.kafka.client import admin_config
 from clickstream.kafka.security import Brokers, brokers
 from clickstream.kafka.tls import explain as explain_tls
-from clickstream.redact import redact
+from clickstream.util.redact import redact
 
 __all__ = ["Broker", "router"]
 

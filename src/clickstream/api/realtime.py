@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from clickstream.api.broadcast import Broadcast
 from clickstream.api.errors import ErrorBody, error_response
-from clickstream.event_time import format_timestamp
+from clickstream.ingest.event_time import format_timestamp
 from clickstream.realtime.source import LiveState, RealtimeSource
 
 __all__ = ["PUSH_SECONDS", "STATIC_FILES", "broadcast", "render", "router"]

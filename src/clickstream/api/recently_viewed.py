@@ -25,7 +25,7 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from clickstream.api.coalesce import Coalescer
 from clickstream.api.database import Database
 from clickstream.api.errors import ErrorBody, InvalidRequest, Problem
-from clickstream.events import MAX_ID_LENGTH
+from clickstream.ingest.cleaning import MAX_ID_LENGTH
 from clickstream.store.recent import recently_viewed_many
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "USER_ID_PATTERN", "parse_lookup", "reader", "router"]

@@ -28,8 +28,8 @@ from uvicorn.supervisors import Multiprocess
 
 from clickstream.config import SETTINGS, Settings, load_settings, remember_secrets
 from clickstream.errors import ClickstreamError
-from clickstream.process import tune_garbage_collector
-from clickstream.redact import redact_logs
+from clickstream.util.process import tune_garbage_collector
+from clickstream.util.redact import redact_logs
 
 __all__ = ["BackgroundServer", "app_from_environment", "run_in_background", "serve"]
 

@@ -53,18 +53,19 @@ from clickstream.bench.prune import generate_stored
 from clickstream.bench.scratch import scratch_leg
 from clickstream.bench.server import free_port
 from clickstream.config import Settings
-from clickstream.events import CleanBatch, Kind, RawEvent
 from clickstream.generate import view_lines
-from clickstream.ingest import Ingestor
+from clickstream.ingest.cleaning import CleanBatch
+from clickstream.ingest.consumer import Ingestor
+from clickstream.ingest.raw import Kind, RawEvent
 from clickstream.kafka.client import admin_config, ensure_topics
 from clickstream.kafka.producer import TimestampClock, produce_lines, stamp
 from clickstream.kafka.security import Brokers, brokers
 from clickstream.metrics import serve_consumer_metrics
-from clickstream.process import tune_garbage_collector
 from clickstream.services.embedded import broker_pid
 from clickstream.store.batches import clean
 from clickstream.store.db import connect
 from clickstream.store.writer import copy_views
+from clickstream.util.process import tune_garbage_collector
 
 __all__ = [
     "IngestFigures",

@@ -19,7 +19,8 @@ import urllib.request
 from prometheus_client import REGISTRY, generate_latest
 
 from clickstream.config import Settings
-from clickstream.events import CleanBatch, RawEvent
+from clickstream.ingest.cleaning import CleanBatch
+from clickstream.ingest.raw import RawEvent
 from clickstream.metrics import IngestMetrics
 from clickstream.store.writer import WriteResult
 

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from clickstream.bench.scratch import scratch_database
 from clickstream.config import Settings
-from clickstream.event_time import format_timestamp
-from clickstream.events import CleanBatch, ViewRow
+from clickstream.ingest.cleaning import CleanBatch, ViewRow
+from clickstream.ingest.event_time import format_timestamp
 from clickstream.store.db import connect
 from clickstream.store.derived import hour_bin
 from clickstream.store.partitions import ensure_days, partition_name

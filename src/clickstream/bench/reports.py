@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from clickstream.bench.scratch import scratch_database
 from clickstream.config import Settings
-from clickstream.events import CleanBatch, OrderLineRow, ViewRow
 from clickstream.generate import PLATFORMS, power_law
+from clickstream.ingest.cleaning import CleanBatch, OrderLineRow, ViewRow
 from clickstream.reports.hourly import read_counts
 from clickstream.reports.hours import suffix
 from clickstream.reports.queries import raw_counts

@@ -19,8 +19,8 @@ from clickstream.cli import bench, data, dead_letters, lifecycle, pipeline, priv
 from clickstream.cli._common import Parser
 from clickstream.config import load_settings, remember_secrets
 from clickstream.errors import ClickstreamError, SchemaOutOfDate, UsageError
-from clickstream.process import tune_garbage_collector
-from clickstream.redact import redact, redact_logs
+from clickstream.util.process import tune_garbage_collector
+from clickstream.util.redact import redact, redact_logs
 
 __all__ = ["build_parser", "main"]
 

@@ -49,10 +49,10 @@ def cmd_catalog_load(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.catalog import read_catalog
     from clickstream.reports.hours import suffix
     from clickstream.reports.scheduler import LATE_WINDOW, rereport
-    from clickstream.retry import ONE_SHOT_ATTEMPTS, retrying
     from clickstream.store.catalog import upsert_products
     from clickstream.store.db import connect
     from clickstream.store.faults import database_errors
+    from clickstream.util.retry import ONE_SHOT_ATTEMPTS, retrying
 
     rows = read_catalog(args.file)
     for attempt in retrying(

@@ -13,8 +13,8 @@ import orjson
 from clickstream.cli._common import command, group, positive_int
 from clickstream.config import Settings
 from clickstream.errors import UsageError
-from clickstream.events import Reason
-from clickstream.printable import preview, printable
+from clickstream.ingest.cleaning import Reason
+from clickstream.util.printable import preview, printable
 
 _DURATION = re.compile(r"([0-9]+)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -105,7 +105,7 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from clickstream.dead_letters import CHUNK, replay
+    from clickstream.lifecycle.replay import CHUNK, replay
     from clickstream.store import dead_letters as store
     from clickstream.store.db import connect
     from clickstream.store.faults import database_errors
@@ -143,7 +143,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
-    from clickstream.dead_letters import export
+    from clickstream.lifecycle.replay import export
     from clickstream.store import dead_letters as store
     from clickstream.store.db import connect
     from clickstream.store.faults import database_errors

@@ -55,7 +55,7 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from clickstream.reconcile import run_reconcile
+    from clickstream.lifecycle.reconcile import run_reconcile
 
     return run_reconcile(settings, hour=args.hour, since=args.since, fix=args.fix)
 

@@ -45,7 +45,7 @@ def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
 
         ingestor = SparkIngestor(settings, brokers(settings), master=args.master, stop=stop)
     else:
-        from clickstream.ingest import Ingestor
+        from clickstream.ingest.consumer import Ingestor
 
         if args.master:
             raise UsageError("--master applies to --engine spark only")

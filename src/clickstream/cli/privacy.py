@@ -8,12 +8,12 @@ import sys
 from clickstream.cli._common import command
 from clickstream.config import Settings
 from clickstream.errors import UsageError
-from clickstream.printable import printable
+from clickstream.util.printable import printable
 
 
 def _user_id(text: str) -> str:
     """The cleaning rules' ids: 1 to 128 characters, no control characters."""
-    from clickstream.events import MAX_ID_LENGTH
+    from clickstream.ingest.cleaning import MAX_ID_LENGTH
 
     if not text or len(text) > MAX_ID_LENGTH or not text.isprintable():
         raise argparse.ArgumentTypeError(
@@ -35,7 +35,7 @@ def _confirmed(userid: str) -> bool:
 
 
 def cmd_forget_user(settings: Settings, args: argparse.Namespace) -> int:
-    from clickstream.privacy import user_hash
+    from clickstream.lifecycle.privacy import user_hash
     from clickstream.reports.hours import suffix
     from clickstream.store.db import connect
     from clickstream.store.erasure import erase_user

@@ -9,8 +9,8 @@ from clickstream.config import Settings
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from clickstream.prepare import prepare
     from clickstream.services import embedded
+    from clickstream.services.prepare import prepare
     from clickstream.store.schema import describe
 
     embedded.up(settings)

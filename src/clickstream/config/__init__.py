@@ -17,12 +17,12 @@ from typing import Any
 
 import yaml
 
-from clickstream import redact
 from clickstream.config.declared import SETTINGS, Setting
 from clickstream.config.values import CONFIG_ENV, ENV_PREFIX, default_data_dir
 from clickstream.errors import ConfigError
-from clickstream.event_time import EventTimeRule
-from clickstream.events import Kind
+from clickstream.ingest.event_time import EventTimeRule
+from clickstream.ingest.raw import Kind
+from clickstream.util import redact
 
 __all__ = ["SETTINGS", "Setting", "Settings", "load_settings", "remember_secrets"]
 
@@ -90,7 +90,7 @@ class Settings:
 
     @property
     def event_time_rule(self) -> EventTimeRule:
-        """The one event-time rule with these settings' limits (`clickstream.events`)."""
+        """The one event-time rule with these settings' limits (`clickstream.ingest.cleaning`)."""
         return EventTimeRule(
             max_ahead_ms=self.events_max_ahead_seconds * 1000,
             max_behind_ms=self.events_max_behind_seconds * 1000,
@@ -256,7 +256,7 @@ def _check_kafka_security(values: Mapping[str, Any]) -> None:
 
 
 def remember_secrets(settings: Settings) -> None:
-    """Hide the secrets' values from every message of this process (`clickstream.redact`);
+    """Hide the secrets' values from every message of this process (`clickstream.util.redact`);
     the database URL's password is found by pattern, in whichever form the URL is written.
     Called where a process takes its settings for good (the CLI, the API's workers)."""
     redact.remember(settings.kafka_sasl_password, settings.api_key, settings.privacy_hash_key)

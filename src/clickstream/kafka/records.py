@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
-from clickstream.events import Kind, RawEvent
+from clickstream.ingest.raw import Kind, RawEvent
 
 __all__ = ["is_partition_eof", "raw_event"]
 

@@ -21,11 +21,12 @@ from multiprocessing.connection import Connection
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clickstream.errors import ClickstreamError
-from clickstream.event_time import EventTimeRule, epoch_ms
-from clickstream.events import Kind, RawEvent, clean_batch
+from clickstream.ingest.cleaning import clean_batch
+from clickstream.ingest.event_time import EventTimeRule, epoch_ms
+from clickstream.ingest.raw import Kind, RawEvent
 from clickstream.kafka.records import is_partition_eof, raw_event
 from clickstream.kafka.security import Brokers
-from clickstream.process import tune_garbage_collector
+from clickstream.util.process import tune_garbage_collector
 
 __all__ = ["Share", "partitions", "read_share"]
 

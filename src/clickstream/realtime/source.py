@@ -44,8 +44,8 @@ from clickstream.config import Settings
 from clickstream.errors import ClickstreamError
 from clickstream.kafka.client import ensure_topics
 from clickstream.kafka.security import Brokers, brokers
+from clickstream.lifecycle.privacy import user_hash
 from clickstream.metrics import LiveReading
-from clickstream.privacy import user_hash
 from clickstream.realtime.readers import POLL_SECONDS, Share, read_share
 from clickstream.realtime.readers import partitions as topic_partitions
 from clickstream.realtime.watch import DatabaseWatch, Erased

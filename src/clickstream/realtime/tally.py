@@ -12,7 +12,7 @@ from array import array
 
 __all__ = ["KEYS_PER_SHARD", "MessageIds", "Tally", "find", "name_of", "sort_text", "uuid_key"]
 
-_DIGITS = re.compile(r"([0-9]+)")  # as in clickstream.natural
+_DIGITS = re.compile(r"([0-9]+)")  # as in clickstream.util.natural
 
 _FIRST_SHARDS = 1024
 KEYS_PER_SHARD = 32  # a search reads 512 bytes at most on average: beyond, shards double

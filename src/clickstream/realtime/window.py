@@ -12,7 +12,7 @@ Semantics, all times in integer milliseconds, window length `W`, arrival time `n
 - *Late*: an event whose time is already out of the window on arrival (`t <= now - W`) is
   counted in `late` and never shown.
 - *Future* (clock skew): `t` is the event time of the one event-time rule
-  (`clickstream.events.event_time`), which already replaced a stamp too far ahead of its
+  (`clickstream.ingest.cleaning.event_time`), which already replaced a stamp too far ahead of its
   Kafka record's time; what it lets through can still be ahead of this server's clock when
   the producer's or the broker's clock runs fast. Up to `max_skew_ms` (the rule's own
   `max_ahead_ms`, so one tolerance holds everywhere) it is shown at once, placed at its
@@ -51,9 +51,9 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from clickstream.event_time import DEFAULT_MAX_AHEAD_MS
-from clickstream.natural import natural_key
+from clickstream.ingest.event_time import DEFAULT_MAX_AHEAD_MS
 from clickstream.realtime.tally import MessageIds, Tally, find, name_of, sort_text, uuid_key
+from clickstream.util.natural import natural_key
 
 __all__ = [
     "Snapshot",

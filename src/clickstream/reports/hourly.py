@@ -14,9 +14,9 @@ from clickstream.reports.files import write_atomically
 from clickstream.reports.hours import FILE_KINDS, file_names
 from clickstream.reports.queries import hour_counts, hour_totals, raw_counts
 from clickstream.reports.ranking import Counts, render
-from clickstream.retry import ONE_SHOT_ATTEMPTS, retrying
 from clickstream.store.db import connect
 from clickstream.store.faults import database_errors
+from clickstream.util.retry import ONE_SHOT_ATTEMPTS, retrying
 
 __all__ = ["ReportSummary", "read_counts", "write_counts", "write_reports", "write_window"]
 

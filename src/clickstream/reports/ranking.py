@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from clickstream.natural import natural_key
+from clickstream.util.natural import natural_key
 
 __all__ = [
     "TOP",

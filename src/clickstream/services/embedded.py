@@ -28,7 +28,7 @@ import psycopg
 
 from clickstream.config import Settings
 from clickstream.errors import ClickstreamError, ServiceDown
-from clickstream.redact import redact
+from clickstream.util.redact import redact
 
 __all__ = [
     "ServiceStatus",

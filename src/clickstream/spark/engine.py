@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clickstream.config import Settings
 from clickstream.errors import Unavailable
-from clickstream.ingest import IngestStats, log_progress
+from clickstream.ingest.consumer import IngestStats, log_progress
 from clickstream.kafka.client import ensure_topics
 from clickstream.kafka.security import Brokers, brokers, java_client_options
 from clickstream.spark.resume import save_stored

@@ -26,7 +26,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
 
-from clickstream.events import Kind, RawEvent
+from clickstream.ingest.raw import Kind, RawEvent
 from clickstream.kafka.records import is_partition_eof, raw_event
 from clickstream.kafka.security import Brokers
 from clickstream.spark import resume

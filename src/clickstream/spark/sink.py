@@ -37,8 +37,9 @@ import psycopg
 import pyarrow as pa
 
 from clickstream.config import Settings
-from clickstream.events import CleanBatch, Kind, RawEvent
-from clickstream.ingest import COUNTS, IngestStats
+from clickstream.ingest.cleaning import CleanBatch
+from clickstream.ingest.consumer import COUNTS, IngestStats
+from clickstream.ingest.raw import Kind, RawEvent
 from clickstream.metrics import IngestMetrics, records_and_newest, retry_cause
 from clickstream.spark.resume import save_stored
 from clickstream.store.batches import BatchStore, clean

@@ -20,8 +20,8 @@ import psycopg
 
 from clickstream.config import Settings
 from clickstream.errors import RejectedByDatabase, Unavailable
-from clickstream.events import CleanBatch, RawEvent, clean_batch
-from clickstream.retry import retrying
+from clickstream.ingest.cleaning import CleanBatch, clean_batch
+from clickstream.ingest.raw import RawEvent
 from clickstream.store import offsets, schema
 from clickstream.store.db import connect
 from clickstream.store.erased import use_key
@@ -29,6 +29,7 @@ from clickstream.store.faults import database_errors
 from clickstream.store.offsets import Marks
 from clickstream.store.refusals import store_around_refusals
 from clickstream.store.writer import WriteResult, write_batch
+from clickstream.util.retry import retrying
 
 __all__ = ["APPLICATION_NAME", "BatchStore", "clean"]
 

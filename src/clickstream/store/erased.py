@@ -30,9 +30,10 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from clickstream.event_time import format_timestamp
-from clickstream.events import CleanBatch, Kind
-from clickstream.privacy import named_ids, user_hash
+from clickstream.ingest.cleaning import CleanBatch
+from clickstream.ingest.event_time import format_timestamp
+from clickstream.ingest.raw import Kind
+from clickstream.lifecycle.privacy import named_ids, user_hash
 
 __all__ = ["Skipped", "close_gate", "skip_erased", "use_key"]
 

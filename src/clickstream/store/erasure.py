@@ -22,7 +22,7 @@ from datetime import datetime
 import orjson
 import psycopg
 
-from clickstream.privacy import names_user, needles
+from clickstream.lifecycle.privacy import names_user, needles
 from clickstream.store.derived import hour_bin
 from clickstream.store.erased import close_gate
 

@@ -303,7 +303,7 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
     ),
     # Ids are opaque: compared byte by byte (collation "C") they sort and index faster than
     # under a language's rules, for which PostgreSQL also gives up abbreviated sort keys.
-    # Reports order ids naturally in Python (clickstream/natural.py), not in SQL.
+    # Reports order ids naturally in Python (clickstream/util/natural.py), not in SQL.
     #
     # `user_product_hours` replaces both `recent_views` and `report_viewers`: one row per
     # (user, product, UTC hour) with the latest view in that hour. Its newly inserted rows are
@@ -342,7 +342,7 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
         "DROP TABLE recent_views",
         "DROP TABLE report_viewers",
     ),
-    # Dead letters can be replayed (clickstream/dead_letters.py): each keeps the Kafka
+    # Dead letters can be replayed (clickstream/lifecycle/replay.py): each keeps the Kafka
     # record's time, which the cleaning rules fall back on for an event without a usable
     # `timestamp`, and the last replay's time and outcome (`stored`, `duplicate` or
     # `still-rejected: reason`). Nullable columns without a default: no table rewrite.

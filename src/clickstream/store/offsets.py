@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from clickstream.events import RawEvent
+from clickstream.ingest.raw import RawEvent
 
 __all__ = ["Marks", "read", "record_floors"]
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import psycopg
 
 from clickstream.errors import RejectedByDatabase, SystematicRefusal
-from clickstream.events import CleanBatch, RawEvent, Reason, Reject
+from clickstream.ingest.cleaning import CleanBatch, Reason, Reject
+from clickstream.ingest.raw import RawEvent
 from clickstream.store.faults import database_errors
 from clickstream.store.offsets import Marks
 from clickstream.store.writer import NOTHING_WRITTEN, WriteResult, write_batch

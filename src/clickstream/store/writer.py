@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import psycopg
 
-from clickstream.events import CleanBatch
+from clickstream.ingest.cleaning import CleanBatch
 from clickstream.store.derived import ORDER_LINE_DERIVATIONS, VIEW_DERIVATIONS, Derivation
 from clickstream.store.erased import skip_erased
 from clickstream.store.offsets import Marks

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from clickstream.config import Settings
-from clickstream.event_time import format_timestamp
+from clickstream.ingest.event_time import format_timestamp
 from clickstream.reports.hours import HOUR, suffix
 from clickstream.store.db import connect
 from clickstream.store.erased import close_gate

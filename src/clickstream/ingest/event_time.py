@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from clickstream.events import RawEvent
+    from clickstream.ingest.raw import RawEvent
 
 __all__ = [
     "DEFAULT_MAX_AHEAD_MS",

@@ -30,17 +30,18 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from clickstream.config import Settings
 from clickstream.errors import Unavailable
-from clickstream.events import CleanBatch, RawEvent
+from clickstream.ingest.cleaning import CleanBatch
+from clickstream.ingest.raw import RawEvent
+from clickstream.ingest.resume import Resume
 from clickstream.kafka.client import consumer_config, ensure_topics
 from clickstream.kafka.lag import PartitionLag, consumer_lag, describe, known_lag
 from clickstream.kafka.records import raw_event
 from clickstream.kafka.security import Brokers, brokers
 from clickstream.metrics import IngestMetrics
-from clickstream.resume import Resume
-from clickstream.retry import retrying
 from clickstream.store.batches import BatchStore, clean
 from clickstream.store.offsets import Marks
 from clickstream.store.writer import WriteResult
+from clickstream.util.retry import retrying
 
 __all__ = ["COUNTS", "IngestStats", "Ingestor", "log_progress"]
 

@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import msgspec
 import orjson
 
-from clickstream.event_time import DEFAULT_RULE, BatchTimes, EventTimeRule, to_epoch_ms
+from clickstream.ingest.event_time import DEFAULT_RULE, BatchTimes, EventTimeRule, to_epoch_ms
+from clickstream.ingest.raw import Kind, RawEvent
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -38,13 +39,6 @@ MAX_QUANTITY = 10_000
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-class Kind(StrEnum):
-    """What a topic carries; the consumer knows it from the topic name."""
-
-    VIEW = "ProductView"
-    ORDER = "OrderEvent"
-
-
 _VIEW = Kind.VIEW  # an enum member looked up once: class attribute access is slow in 3.11
 
 
@@ -61,15 +55,6 @@ class Reason(StrEnum):
     BAD_FIELD = "bad-field"
     BAD_LINEITEMS = "bad-lineitems"
     REJECTED_BY_DATABASE = "rejected-by-database"
-
-
-class RawEvent(NamedTuple):
-    kind: Kind
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
-    kafka_timestamp_ms: int | None
 
 
 class ViewRow(NamedTuple):

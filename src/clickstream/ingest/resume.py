@@ -19,7 +19,7 @@ import logging
 import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from clickstream.events import RawEvent
+from clickstream.ingest.raw import RawEvent
 from clickstream.store import offsets
 from clickstream.store.offsets import Marks
 

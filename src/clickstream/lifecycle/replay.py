@@ -28,8 +28,9 @@ import psycopg
 
 from clickstream.config import Settings
 from clickstream.errors import RejectedByDatabase
-from clickstream.event_time import to_epoch_ms
-from clickstream.events import CleanBatch, Kind, RawEvent, Reason
+from clickstream.ingest.cleaning import CleanBatch, Reason
+from clickstream.ingest.event_time import to_epoch_ms
+from clickstream.ingest.raw import Kind, RawEvent
 from clickstream.store import dead_letters as store
 from clickstream.store.batches import clean
 from clickstream.store.erased import use_key

@@ -1,0 +1,1 @@
+"""The stream consumer and its rules: raw records, cleaning, event time, where to resume."""

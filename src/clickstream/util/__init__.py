@@ -1,0 +1,1 @@
+"""Small helpers every part shares: retries, redaction, natural order, printable text."""
