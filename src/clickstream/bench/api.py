@@ -98,7 +98,8 @@ def _load(url: str, *, views: int, users: int) -> None:
                 for table in ("product_views", "user_product_hours")
                 for day in days
             ),
-            "DROP INDEX user_product_hours_key",
+            "ALTER TABLE user_product_hours DROP CONSTRAINT user_product_hours_pkey",
+            "DROP INDEX user_product_hours_latest",
         ):
             conn.execute(statement)
         with tqdm(total=views, unit="view", unit_scale=True, desc="storing views") as bar:
@@ -117,8 +118,12 @@ def _load(url: str, *, views: int, users: int) -> None:
             ("deriving user_product_hours", _DERIVE),
             (
                 "indexing user_product_hours",
-                "CREATE UNIQUE INDEX user_product_hours_key"
-                " ON user_product_hours (userid, hour DESC, productid) INCLUDE (viewed_at)",
+                "ALTER TABLE user_product_hours ADD PRIMARY KEY (userid, productid, hour)",
+            ),
+            (
+                "indexing user_product_hours by time",
+                "CREATE INDEX user_product_hours_latest"
+                " ON user_product_hours (userid, hour DESC, viewed_at DESC, productid)",
             ),
             ("analyzing", "VACUUM ANALYZE product_views, user_product_hours"),
         ]

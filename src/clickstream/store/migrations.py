@@ -463,17 +463,4 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
         )
         """,
     ),
-    # What the ingest's PostgreSQL does per event (`clickstream bench ingest` prints its CPU
-    # per part): user_product_hours keeps one unique index instead of a primary key and a
-    # second index, which cost as much again per stored row (the upsert went from about 10
-    # to 6.5 CPU µs a row, measured). Its key columns are the upsert's conflict target; in
-    # their order (user, hour newest first, product), with viewed_at carried along, the
-    # recently-viewed lookup reads the newest partition's index only, newest hour first,
-    # and sorts that hour's few rows by viewed_at (store/recent.py).
-    "0012_user_product_hours_one_index": (
-        "ALTER TABLE user_product_hours DROP CONSTRAINT user_product_hours_pkey",
-        "DROP INDEX user_product_hours_latest",
-        "CREATE UNIQUE INDEX user_product_hours_key"
-        " ON user_product_hours (userid, hour DESC, productid) INCLUDE (viewed_at)",
-    ),
 }

@@ -1,14 +1,12 @@
 """Reads of users' recently viewed products, from the `user_product_hours` table the ingest keeps.
 
-A user's rows, newest hour first through the unique index `(userid, hour DESC, productid)
-INCLUDE (viewed_at)`, list each product once per hour it was viewed in, and a product's first
-row in `(hour DESC, viewed_at DESC)` order is its latest view. (The hour is viewed_at's bin,
-so it sorts the same, and leading with it lets PostgreSQL read the table's daily partitions
-newest first and stop; within an hour it sorts that hour's few rows, read from the index
-alone.) So the first `limit` distinct products of the newest rows are the answer. A lookup
-reads a window of twice `limit` rows and widens it only for a user whose window repeats
-products so much that it holds fewer than `limit` of them: it reads a handful of rows,
-however long the history.
+A user's rows, newest first through the index `(userid, hour DESC, viewed_at DESC, productid)`,
+list each product once per hour it was viewed in, and a product's first row is its latest
+view. (The hour is viewed_at's bin, so it sorts the same, and leading with it lets PostgreSQL
+read the table's daily partitions newest first and stop.) So the first `limit` distinct
+products of the newest rows are the answer. A lookup reads a window of twice `limit` rows and
+widens it only for a user whose window repeats products so much that it holds fewer than
+`limit` of them: it reads a handful of rows, however long the history.
 """
 
 from __future__ import annotations
