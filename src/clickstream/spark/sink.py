@@ -197,7 +197,7 @@ def _write_once(store: BatchStore, key: tuple, raw: list[RawEvent], batch: Clean
                 if found is not None:
                     return found[0]
                 started = time.monotonic()
-                written = store.write(raw, batch)
+                written = store.write(raw, batch, store.marks(raw))
                 text = _report(store.settings, raw, batch, written, time.monotonic() - started)
                 if conn.execute(_RECORD_SHARE, (*key, text)).fetchone() is None:
                     raise _Lost  # a concurrent attempt recorded it first: ours rolls back
