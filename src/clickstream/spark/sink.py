@@ -132,7 +132,7 @@ class BatchSink:
         if consumed:
             self.last_rows_at = time.monotonic()  # idle time counts from the end of a batch
             self.stats.batches += 1
-            self.store.retrying(lambda conn: _forget_shares(conn, share))
+            self.store.retrying(lambda conn: _forget_shares(self.store, conn, share))
 
     def _count_share(self, report: dict) -> None:
         """Count what a task did in this process's stats and metrics, as if the driver had."""
@@ -242,10 +242,12 @@ def _report(
     return json.dumps(report)
 
 
-def _forget_shares(conn: psycopg.Connection, share: tuple[str, int]) -> WriteResult:
+def _forget_shares(
+    store: BatchStore, conn: psycopg.Connection, share: tuple[str, int]
+) -> WriteResult:
     """The driver has a micro-batch's counts: its shares' reports are no longer needed (nor
-    those a crashed run left behind)."""
-    with conn.transaction():
+    those a crashed run left behind). A fault here (a failover) is retried like a write's."""
+    with store.errors(), conn.transaction():
         conn.execute(
             "DELETE FROM spark_task_shares WHERE (run = %s AND batch <= %s)"
             " OR written_at < now() - interval '1 day'",
