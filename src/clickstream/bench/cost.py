@@ -15,14 +15,21 @@ from dataclasses import dataclass
 import psutil
 import psycopg
 
+from clickstream.config import Settings
+from clickstream.services.embedded import broker_pid
+from clickstream.store.db import connect
+
 __all__ = [
     "CpuMeter",
     "LegCost",
     "backend_pids",
     "cpu_seconds",
     "format_cost",
+    "leg_meter",
+    "print_cost",
     "reset_statements",
     "statement_costs",
+    "statements_of",
 ]
 
 
@@ -138,3 +145,43 @@ def format_cost(seconds: float | None, events: int) -> str:
     if seconds is None:
         return "n/a"
     return f"{seconds / events * 1e6:.1f}"
+
+
+def leg_meter(settings: Settings, producer: int, consumers: list[int]) -> tuple[CpuMeter, bool]:
+    """A meter of the leg's parts, and whether pg_stat_statements was reset for it."""
+    with connect(settings) as conn:
+        backends = backend_pids(conn)
+        conn.commit()
+        statements = reset_statements(conn)
+    parts = {
+        "producer": [producer],
+        "broker": [pid] if (pid := broker_pid(settings)) is not None else None,
+        "consumers": consumers,
+        "PostgreSQL": backends,
+    }
+    return CpuMeter(parts), statements
+
+
+def statements_of(settings: Settings) -> list[StatementCost]:
+    """What pg_stat_statements counted since `leg_meter` reset it."""
+    with connect(settings) as conn:
+        return statement_costs(conn)
+
+
+def print_cost(cost: LegCost, events: int, copy_cpu: float | None) -> None:
+    """(b)'s CPU per part, and where PostgreSQL's statements spent their time."""
+    parts = ", ".join(
+        f"{part} {format_cost(seconds, events)}" for part, seconds in cost.seconds.items()
+    )
+    print(
+        f"    CPU µs an event (CPU seconds per million events): {parts};"
+        f" raw COPY's backend {format_cost(copy_cpu, events)}"
+    )
+    if cost.statements is None:
+        print("    (pg_stat_statements is not loaded: no figures per statement)")
+        return
+    for statement in cost.statements:
+        print(
+            f"    {statement.milliseconds * 1000 / events:7.2f} µs an event"
+            f" {statement.calls:6,} calls  {statement.query[:90]}"
+        )

@@ -40,13 +40,13 @@ from confluent_kafka.admin import AdminClient
 from tqdm import tqdm
 
 from clickstream.bench.cost import (
-    CpuMeter,
     LegCost,
     backend_pids,
     cpu_seconds,
     format_cost,
-    reset_statements,
-    statement_costs,
+    leg_meter,
+    print_cost,
+    statements_of,
 )
 from clickstream.bench.metrics import METRICS_LEGS, Scraper, batch_seconds, scrape_seconds
 from clickstream.bench.prune import generate_stored
@@ -61,7 +61,6 @@ from clickstream.kafka.client import admin_config, ensure_topics
 from clickstream.kafka.producer import TimestampClock, produce_lines, stamp
 from clickstream.kafka.security import Brokers, brokers
 from clickstream.metrics import serve_consumer_metrics
-from clickstream.services.embedded import broker_pid
 from clickstream.store.batches import clean
 from clickstream.store.db import connect
 from clickstream.store.writer import copy_views
@@ -149,7 +148,7 @@ def run_ingest_benchmark(
             f" = {events / pipeline_seconds:,.0f} events/s"
             f" (producing alone took {produce_seconds:.2f}s)"
         )
-        _print_cost(costs[0], events, copy_cpu)
+        print_cost(costs[0], events, copy_cpu)
     best = {on: min(times, key=lambda leg: leg[0]) for on, times in legs.items() if times}
     pipeline_seconds, produce_seconds, cost = best[METRICS_LEGS[metrics][0]]
     figures = IngestFigures(events, copy_seconds, pipeline_seconds, produce_seconds, copy_cpu, cost)
@@ -175,25 +174,6 @@ def run_ingest_benchmark(
         f" raw COPY {figures.copy_rate:,.0f} rows/s{compared}, ratio={figures.ratio:.2f}"
     )
     return figures
-
-
-def _print_cost(cost: LegCost, events: int, copy_cpu: float | None) -> None:
-    """(b)'s CPU per part, and where PostgreSQL's statements spent their time."""
-    parts = ", ".join(
-        f"{part} {format_cost(seconds, events)}" for part, seconds in cost.seconds.items()
-    )
-    print(
-        f"    CPU µs an event (CPU seconds per million events): {parts};"
-        f" raw COPY's backend {format_cost(copy_cpu, events)}"
-    )
-    if cost.statements is None:
-        print("    (pg_stat_statements is not loaded: no figures per statement)")
-        return
-    for statement in cost.statements:
-        print(
-            f"    {statement.milliseconds * 1000 / events:7.2f} µs an event"
-            f" {statement.calls:6,} calls  {statement.query[:90]}"
-        )
 
 
 def _store_first(settings: Settings, views: int) -> None:
@@ -277,21 +257,6 @@ def time_full_path(
         path.unlink(missing_ok=True)
 
 
-def _meter(settings: Settings, producer: int, consumers: list[int]) -> tuple[CpuMeter, bool]:
-    """A meter of the leg's parts, and whether pg_stat_statements was reset for it."""
-    with connect(settings) as conn:
-        backends = backend_pids(conn)
-        conn.commit()
-        statements = reset_statements(conn)
-    parts = {
-        "producer": [producer],
-        "broker": [pid] if (pid := broker_pid(settings)) is not None else None,
-        "consumers": consumers,
-        "PostgreSQL": backends,
-    }
-    return CpuMeter(parts), statements
-
-
 def _timed_pipeline(
     settings: Settings,
     bootstrap: Brokers,
@@ -339,7 +304,7 @@ def _timed_pipeline(
             time.sleep(0.05)
         meter = statements = None
         if costs is not None:
-            meter, statements = _meter(settings, producer.pid, [p.pid for p in processes[1:]])
+            meter, statements = leg_meter(settings, producer.pid, [p.pid for p in processes[1:]])
             meter.start()
         started = time.monotonic()
         go.set()
@@ -356,7 +321,7 @@ def _timed_pipeline(
         took = time.monotonic() - started
         if meter is not None:
             spent = meter.stop()
-            costs.append(LegCost(spent, _statements(settings) if statements else None))
+            costs.append(LegCost(spent, statements_of(settings) if statements else None))
         produce_seconds, delivered = done.get(timeout=120)
     finally:
         stop.set()
@@ -366,11 +331,6 @@ def _timed_pipeline(
     if delivered != total:
         raise RuntimeError(f"the producer delivered {delivered:,} of {total:,} events")
     return took, produce_seconds
-
-
-def _statements(settings: Settings):
-    with connect(settings) as conn:
-        return statement_costs(conn)
 
 
 def wait_stored(
