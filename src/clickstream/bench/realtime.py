@@ -50,7 +50,7 @@ __all__ = ["RealtimeFigures", "run_realtime_benchmark"]
 
 SCRATCH_DATABASE = "clickstream_bench_realtime"
 PROBE_EVERY = 2_000
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,10 @@ class RealtimeFigures:
         return self.window_rate / self.producer_rate
 
 
-def _produce(bootstrap: Brokers, topic: str, events: int, users: int, seed: int, queue, go) -> None:
-    """The producer process: generate, say ready, send at max speed with probes."""
+def _produce(
+    bootstrap: Brokers, topic: str, events: int, users: int, seed: int, rate, queue, go
+) -> None:
+    """The producer process: generate, say ready, send at `rate` (None: max speed) with probes."""
     from clickstream.kafka.producer import produce_lines
 
     lines = generate(
@@ -111,12 +113,12 @@ def _produce(bootstrap: Brokers, topic: str, events: int, users: int, seed: int,
     queue.put(("ready", None))
     go.get()
     started = time.time()
-    result = produce_lines(bootstrap, topic, with_probes())
+    result = produce_lines(bootstrap, topic, with_probes(), rate=rate)
     queue.put(("done", (started, time.time(), result.delivered, result.failed, probes)))
 
 
 def run_realtime_benchmark(
-    settings: Settings, *, events: int, users: int, seed: int
+    settings: Settings, *, events: int, users: int, seed: int, rate: float | None = None
 ) -> RealtimeFigures:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     bootstrap = brokers(settings)
@@ -135,9 +137,10 @@ def run_realtime_benchmark(
         upsert_products(conn, catalog)
     print(f"scratch database {SCRATCH_DATABASE}, topic {bench.kafka_views_topic}")
     try:
-        delays, total, produce_seconds, live_seconds = _latency(bench, events, users, seed)
+        delays, total, produce_seconds, live_seconds = _latency(bench, events, users, seed, rate)
         print(
-            f"(a) {total:,} events at max speed in {produce_seconds:.2f}s"
+            f"(a) {total:,} events {'at max speed' if rate is None else f'at {rate:,.0f}/s'}"
+            f" in {produce_seconds:.2f}s"
             f" = {total / produce_seconds:,.0f} events/s; all in the served window after"
             f" {live_seconds:.2f}s; {len(delays)} probes: send -> /api/realtime"
             f" p50 {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms"
@@ -165,7 +168,7 @@ def run_realtime_benchmark(
     return figures
 
 
-def _latency(settings: Settings, events: int, users: int, seed: int):
+def _latency(settings: Settings, events: int, users: int, seed: int, rate: float | None):
     context = multiprocessing.get_context("spawn")
     queue, go = context.Queue(), context.Queue()
     producer = context.Process(
@@ -176,6 +179,7 @@ def _latency(settings: Settings, events: int, users: int, seed: int):
             events,
             users,
             seed,
+            rate,
             queue,
             go,
         ),

@@ -25,7 +25,9 @@ def cmd_bench_api(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench_realtime(settings: Settings, args: argparse.Namespace) -> int:
     from clickstream.bench.realtime import run_realtime_benchmark
 
-    run_realtime_benchmark(settings, events=args.events, users=args.users, seed=args.seed)
+    run_realtime_benchmark(
+        settings, events=args.events, users=args.users, seed=args.seed, rate=args.rate
+    )
     return 0
 
 
@@ -139,8 +141,8 @@ def _add_realtime(sub) -> None:
         "realtime",
         cmd_bench_realtime,
         "send -> /api/realtime delay and the events/s the live window takes",
-        "On a fresh topic: produce views at max speed from another process while the server "
-        "runs, polling GET /api/realtime for probe events (p50, p95 of send -> shown); then "
+        "On a fresh topic: produce views (at max speed, or --rate) from another process while "
+        "the server runs, polling GET /api/realtime for probe events (p50, p95 of send -> shown); then "
         "read the whole topic back into a fresh window; then fill a window with 2,000,000 "
         "views in a process of its own. The last line gives the delays, the window's events/s, "
         "ratio=window/producer events/s and the window's bytes a view.",
@@ -148,6 +150,12 @@ def _add_realtime(sub) -> None:
     p.add_argument("--events", type=positive_int, default=1_000_000, help="views (default 1000000)")
     p.add_argument("--users", type=positive_int, default=10_000, help="users (default 10000)")
     p.add_argument("--seed", type=int, default=5, help="random seed (default 5)")
+    p.add_argument(
+        "--rate",
+        type=positive_int,
+        help="views a second the producer sends (default: as fast as it can, which on a small"
+        " machine measures the queue behind a saturated CPU more than the live view)",
+    )
 
 
 def _add_api(sub) -> None:

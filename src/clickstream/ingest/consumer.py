@@ -181,15 +181,6 @@ class Ingestor:
         kinds = self._kinds
         return [event for m in messages if (event := raw_event(m, kinds)) is not None]
 
-    @staticmethod
-    def _offsets(events: list[RawEvent]) -> list[TopicPartition]:
-        last: dict[tuple[str, int], int] = {}
-        for event in events:
-            key = (event.topic, event.partition)
-            if event.offset >= last.get(key, -1):
-                last[key] = event.offset
-        return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-
     def _finish_pending(self) -> None:
         """Wait for the batch in flight, then commit its offsets."""
         if self._pending is None:
@@ -265,7 +256,11 @@ class Ingestor:
                         self.stats.consumed += len(raw)
                         marks = self._resume.marks(raw)
                         self._pending = self._writer.submit(self._store, raw, batch, marks)
-                        self._pending_offsets = self._offsets(raw)
+                        # Kafka's copy of the offsets: where each partition goes on.
+                        self._pending_offsets = [
+                            TopicPartition(topic, partition, after)
+                            for (topic, partition), (_, after) in marks.ranges.items()
+                        ]
                 elif self._pending is not None and self._pending.done():
                     self._finish_pending()
                     self._resume.rewind(consumer)
