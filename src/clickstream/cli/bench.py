@@ -142,10 +142,10 @@ def _add_realtime(sub) -> None:
         cmd_bench_realtime,
         "send -> /api/realtime delay and the events/s the live window takes",
         "On a fresh topic: produce views (at max speed, or --rate) from another process while "
-        "the server runs, polling GET /api/realtime for probe events (p50, p95 of send -> shown); then "
-        "read the whole topic back into a fresh window; then fill a window with 2,000,000 "
-        "views in a process of its own. The last line gives the delays, the window's events/s, "
-        "ratio=window/producer events/s and the window's bytes a view.",
+        "the server runs, polling GET /api/realtime for probe events (p50, p95 of send -> "
+        "shown); then read the whole topic back into a fresh window; then fill a window with "
+        "2,000,000 views in a process of its own. The last line gives the delays, the window's "
+        "events/s, ratio=window/producer events/s and the window's bytes a view.",
     )
     p.add_argument("--events", type=positive_int, default=1_000_000, help="views (default 1000000)")
     p.add_argument("--users", type=positive_int, default=10_000, help="users (default 10000)")
