@@ -30,6 +30,8 @@ __all__ = [
     "reset_statements",
     "statement_costs",
     "statements_of",
+    "wal_bytes_since",
+    "wal_position",
 ]
 
 
@@ -121,12 +123,16 @@ class StatementCost:
 
 
 def statement_costs(conn: psycopg.Connection, limit: int = 8) -> list[StatementCost]:
-    """The statements run in this database since `reset_statements`, costliest first."""
+    """The statements run in this database since `reset_statements`, costliest first.
+
+    Entries of the same text are added up: a statement on a temporary table has an entry per
+    session (the table's id is part of the statement's identity), one per consumer here.
+    """
     rows = conn.execute(
-        "SELECT query, calls, total_exec_time FROM pg_stat_statements"
+        "SELECT query, sum(calls)::bigint, sum(total_exec_time) FROM pg_stat_statements"
         " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
         " AND query NOT LIKE '%%pg_stat_statements%%'"
-        " ORDER BY total_exec_time DESC LIMIT %s",
+        " GROUP BY query ORDER BY 3 DESC LIMIT %s",
         (limit,),
     ).fetchall()
     return [StatementCost(" ".join(query.split()), calls, ms) for query, calls, ms in rows]
@@ -134,10 +140,32 @@ def statement_costs(conn: psycopg.Connection, limit: int = 8) -> list[StatementC
 
 @dataclass(frozen=True)
 class LegCost:
-    """What a timed leg cost: CPU seconds per part, and the costliest statements."""
+    """What a timed leg cost: CPU seconds per part, the costliest statements, and the WAL
+    the server wrote meanwhile (all of it: on a server shared with other work, theirs too)."""
 
     seconds: dict[str, float | None]
     statements: list[StatementCost] | None  # None: no pg_stat_statements here
+    wal_bytes: int | None = None  # None: the server could not say
+
+
+def wal_position(settings: Settings) -> str | None:
+    """The server's WAL insert position, None where it has none to give (a standby)."""
+    try:
+        with connect(settings) as conn:
+            return conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+    except psycopg.Error:
+        return None
+
+
+def wal_bytes_since(settings: Settings, start: str | None) -> int | None:
+    """Bytes of WAL written since `wal_position` gave `start`."""
+    if start is None:
+        return None
+    with connect(settings) as conn:
+        row = conn.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", (start,)
+        ).fetchone()
+    return int(row[0])
 
 
 def format_cost(seconds: float | None, events: int) -> str:
@@ -173,13 +201,15 @@ def print_cost(cost: LegCost, events: int, copy_cpu: float | None) -> None:
     parts = ", ".join(
         f"{part} {format_cost(seconds, events)}" for part, seconds in cost.seconds.items()
     )
+    wal = "n/a" if cost.wal_bytes is None else f"{cost.wal_bytes / events / 1000:.2f} kB"
     print(
         f"    CPU µs an event (CPU seconds per million events): {parts};"
-        f" raw COPY's backend {format_cost(copy_cpu, events)}"
+        f" raw COPY's backend {format_cost(copy_cpu, events)}; WAL {wal} an event"
     )
     if cost.statements is None:
         print("    (pg_stat_statements is not loaded: no figures per statement)")
         return
+    print("    execution time of the costliest statements (waits included), µs an event:")
     for statement in cost.statements:
         print(
             f"    {statement.milliseconds * 1000 / events:7.2f} µs an event"

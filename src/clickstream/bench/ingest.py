@@ -47,6 +47,8 @@ from clickstream.bench.cost import (
     leg_meter,
     print_cost,
     statements_of,
+    wal_bytes_since,
+    wal_position,
 )
 from clickstream.bench.metrics import METRICS_LEGS, Scraper, batch_seconds, scrape_seconds
 from clickstream.bench.prune import generate_stored
@@ -306,6 +308,7 @@ def _timed_pipeline(
         if costs is not None:
             meter, statements = leg_meter(settings, producer.pid, [p.pid for p in processes[1:]])
             meter.start()
+            wal = wal_position(settings)
         started = time.monotonic()
         go.set()
         with Scraper([f"http://127.0.0.1:{p}/metrics" for p in ports if p]):
@@ -321,7 +324,8 @@ def _timed_pipeline(
         took = time.monotonic() - started
         if meter is not None:
             spent = meter.stop()
-            costs.append(LegCost(spent, statements_of(settings) if statements else None))
+            listed = statements_of(settings) if statements else None
+            costs.append(LegCost(spent, listed, wal_bytes_since(settings, wal)))
         produce_seconds, delivered = done.get(timeout=120)
     finally:
         stop.set()
