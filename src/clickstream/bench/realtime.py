@@ -4,9 +4,12 @@ events a second its window takes.
 One run, on a fresh topic and a scratch database holding the generated catalog:
 
   (a) latency: `clickstream serve` runs in a process of its own, a producer process replays
-      generated views at max speed with a probe event from a user of its own every
-      `PROBE_EVERY` events, and this process polls `GET /api/realtime`; a probe's delay runs
-      from its send time to the first response that lists its user;
+      generated views at max speed (or at `--rate` views a second) with a probe event from a
+      user of its own every `PROBE_EVERY` events, and this process polls `GET /api/realtime`
+      every `POLL_SECONDS`; a probe's delay runs from its send time to the first response
+      that lists its user. At max speed on a small machine the producer takes a core and the
+      window falls behind until it stops, so that delay is the queue behind a saturated CPU;
+      at a steady rate it is the live view's own;
   (b) throughput: a fresh source reads the whole topic back into a window, timed from its
       start until it caught up: the events/s the window sustains, compared in `ratio=` with
       the producer's events/s of (a);
@@ -84,7 +87,14 @@ class RealtimeFigures:
 
 
 def _produce(
-    bootstrap: Brokers, topic: str, events: int, users: int, seed: int, rate, queue, go
+    bootstrap: Brokers,
+    topic: str,
+    events: int,
+    users: int,
+    seed: int,
+    rate: float | None,
+    queue,
+    go,
 ) -> None:
     """The producer process: generate, say ready, send at `rate` (None: max speed) with probes."""
     from clickstream.kafka.producer import produce_lines
