@@ -25,15 +25,16 @@ def hour_bin(column: str) -> str:
 # Who viewed what in which UTC hour, with the latest view of that hour (migration
 # 0004_user_product_hours): what the recently-viewed API reads, and what makes the hourly
 # distinct-viewer counters exact. Grouped because one batch may hold several views of a
-# triple; ordered so that concurrent consumers lock rows in one order. It RETURNs the triples
-# it inserted (an update sets `revised`, which a new row has false; a partitioned table has no
-# xmax to RETURN), and those are the batch's new distinct viewers; a triple another consumer
-# inserted first is updated or skipped here, so it is counted once.
+# triple; ordered as its primary key (userid, hour, productid), so that concurrent consumers
+# lock rows in one order. It RETURNs the triples it inserted (an update sets `revised`, which
+# a new row has false; a partitioned table has no xmax to RETURN), and those are the batch's
+# new distinct viewers; a triple another consumer inserted first is updated or skipped here,
+# so it is counted once.
 USER_PRODUCT_HOURS = f"""
     INSERT INTO user_product_hours AS r (userid, productid, hour, viewed_at)
     SELECT userid, productid, {hour_bin("viewed_at")},
            max(viewed_at)
-    FROM new_product_views GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    FROM new_product_views GROUP BY 1, 2, 3 ORDER BY 1, 3, 2
     ON CONFLICT (userid, productid, hour) DO UPDATE SET viewed_at = excluded.viewed_at,
         revised = true
     WHERE r.viewed_at < excluded.viewed_at
