@@ -61,13 +61,19 @@ def consume(p: Pipeline, engine: str, spark=None, until_idle: float = 2.0) -> In
         return p.consume(until_idle=until_idle)
     from clickstream.spark.engine import SparkIngestor
 
-    settings = p.settings
-    if engine == "spark-tasks":
-        settings = dataclasses.replace(settings, spark_sink="tasks")
-    return SparkIngestor(settings, p.bootstrap, spark=spark).run(until_idle=until_idle)
+    return SparkIngestor(with_sink(p, engine).settings, p.bootstrap, spark=spark).run(
+        until_idle=until_idle
+    )
 
 
-ENGINES = ["python", "spark", "spark-tasks"]
+def with_sink(p: Pipeline, engine: str) -> Pipeline:
+    """`spark-driver` or `spark-tasks`: the pipeline with that `spark.sink`."""
+    return Pipeline(
+        dataclasses.replace(p.settings, spark_sink=engine.removeprefix("spark-")), p.bootstrap
+    )
+
+
+ENGINES = ["python", "spark-driver", "spark-tasks"]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -100,7 +106,7 @@ def test_each_engine_stores_exactly_once_and_a_replay_stores_nothing(pipeline, e
     assert_stored_exactly_once(p, stream)
 
 
-@pytest.mark.parametrize("engine", ["python", "spark"])
+@pytest.mark.parametrize("engine", ["python", "spark-driver"])
 def test_each_engine_stores_an_event_produced_twice_once(pipeline, engine, request):
     spark = request.getfixturevalue("spark") if engine != "python" else None
     p = fast(pipeline)
@@ -116,7 +122,7 @@ def test_each_engine_stores_an_event_produced_twice_once(pipeline, engine, reque
     assert_stored_exactly_once(p, stream)
 
 
-@pytest.mark.parametrize("engine", ["spark", "spark-tasks"])
+@pytest.mark.parametrize("engine", ["spark-driver", "spark-tasks"])
 def test_each_spark_sink_counts_every_record_in_the_consumer_stats_and_metrics(
     pipeline, engine, spark
 ):
@@ -221,7 +227,7 @@ def test_both_engines_give_identical_tables(pipeline, services, spark):
             database_url=url,
             kafka_consumer_group=p.settings.kafka_consumer_group + "-spark",
         )
-        consume(other, "spark", spark)
+        consume(other, "spark-tasks", spark)
         python_tables = table_contents(p.settings.database_url)
         spark_tables = table_contents(url)
     assert set(python_tables) >= {"product_views", "order_lines", "dead_letters"}
@@ -258,8 +264,10 @@ STORED = {
 def test_sigkill_after_the_database_committed_a_micro_batch_loses_and_duplicates_nothing(
     pipeline, tmp_path, spark
 ):
+    # The driver sink here; the cluster's test crashes the task sink (spark.sink: auto).
     p = fast(pipeline, spark_max_batch_events=1000)
-    assert_a_driver_crash_loses_and_duplicates_nothing(p, tmp_path, seed=34)
+    env = {"CLICKSTREAM_SPARK_SINK": "driver"}
+    assert_a_driver_crash_loses_and_duplicates_nothing(p, tmp_path, seed=34, env=env)
 
 
 def assert_a_driver_crash_loses_and_duplicates_nothing(
@@ -331,7 +339,7 @@ def assert_derived_tables_recomputed(p: Pipeline) -> None:
 # -- a stop while the database is down ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ["spark", "spark-tasks"])
+@pytest.mark.parametrize("engine", ["spark-driver", "spark-tasks"])
 def test_a_stop_during_a_database_outage_ends_and_leaves_the_micro_batch_to_the_next_run(
     pipeline, spark, engine, monkeypatch
 ):
@@ -343,9 +351,7 @@ def test_a_stop_during_a_database_outage_ends_and_leaves_the_micro_batch_to_the_
 
     monkeypatch.setattr(spark_engine, "_STOP_GRACE", 3.0)  # 15 s in production
 
-    p = fast(pipeline)
-    if engine == "spark-tasks":
-        p = Pipeline(dataclasses.replace(p.settings, spark_sink="tasks"), p.bootstrap)
+    p = with_sink(fast(pipeline), engine)
     dbname = psycopg.conninfo.conninfo_to_dict(p.settings.database_url)["dbname"]
     stream = make_stream(views=400, orders=40, seed=35, bad_every=None)
     stop = threading.Event()

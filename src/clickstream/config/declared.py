@@ -277,7 +277,7 @@ SETTINGS: tuple[Setting, ...] = (
         choice("auto", "driver", "tasks"),
         "auto",
         "driver: one transaction per micro-batch on the driver; tasks: each task writes its"
-        " share; auto: driver on local masters, tasks otherwise",
+        " share; auto: tasks, the faster on one machine as on a cluster",
     ),
     Setting(
         "spark.max_batch_events",

@@ -86,9 +86,7 @@ class SparkIngestor:
         spark = self._session()
         # The master that runs the job decides (under spark-submit, spark-submit's).
         master = spark.sparkContext.master
-        self.sink.tasks = settings.spark_sink == "tasks" or (
-            settings.spark_sink == "auto" and not master.startswith("local")
-        )
+        self.sink.tasks = settings.spark_sink != "driver"
         checkpoint = checkpoint_dir(settings)
         with (
             ThreadPoolExecutor(1, thread_name_prefix="spark-warm-up") as pool,
