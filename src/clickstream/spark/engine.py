@@ -84,9 +84,8 @@ class SparkIngestor:
         settings = self.settings
         started = time.monotonic()
         spark = self._session()
-        # The master that runs the job decides (under spark-submit, spark-submit's).
-        master = spark.sparkContext.master
-        self.sink.tasks = settings.spark_sink != "driver"
+        master = spark.sparkContext.master  # under spark-submit, spark-submit's
+        self.sink.tasks = settings.spark_sink != "driver"  # auto: tasks (docs/performance.md)
         checkpoint = checkpoint_dir(settings)
         with (
             ThreadPoolExecutor(1, thread_name_prefix="spark-warm-up") as pool,

@@ -314,10 +314,10 @@ MIGRATIONS: dict[str, tuple[str, ...]] = {
     ),
     # One index on user_product_hours instead of two, led by (userid, hour) as the
     # recently-viewed lookup reads it: it sorts the few rows of a user's newest hours by
-    # viewed_at (store/recent.py). The upsert's ON CONFLICT names the
-    # same three columns, in any order. viewed_at is INCLUDEd so that both steps of the
-    # lookup read the index alone (store/recent.py). Each new (user, product, hour) then
-    # costs one index insert fewer (docs/performance.md).
+    # viewed_at, which is INCLUDEd so that the lookup reads the index alone
+    # (store/recent.py). The upsert's ON CONFLICT names the same three columns, in any
+    # order. Each new (user, product, hour) costs one index insert fewer
+    # (docs/performance.md).
     "0012_user_product_hours_one_index": (
         "DROP INDEX user_product_hours_latest",
         "ALTER TABLE user_product_hours DROP CONSTRAINT user_product_hours_pkey",

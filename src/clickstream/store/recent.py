@@ -4,10 +4,10 @@ A user's rows list each product once per hour it was viewed in, and a product's 
 by (hour, viewed_at) newest first is its latest view, so the first `limit` distinct products
 of the newest rows are the answer. The table's one index, its primary key `(userid, hour,
 productid) INCLUDE (viewed_at)`, keeps a user's rows by hour but not by time within the hour
-(an index that did cost every view an extra insert; migration 0012). So a lookup first finds
-the hour of the user's `rows`-th newest row, reading `rows` index entries, and then sorts
-only the rows of that hour and the newer ones: they hold the newest `rows` rows, whole hours
-of them. Both steps read the index alone.
+(a second index in that order cost every new row an insert; migration 0012 dropped it). So
+a lookup first finds the hour of the user's `rows`-th newest row, reading `rows` index
+entries, and then sorts only the rows of that hour and the newer ones: they hold the newest
+`rows` rows, whole hours of them. Both steps read the index alone.
 
 A lookup asks for a window of twice `limit` rows and widens it only for a user whose window
 repeats products so much that it holds fewer than `limit` of them: it reads a handful of
