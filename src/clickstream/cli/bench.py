@@ -119,7 +119,9 @@ def _add_ingest(sub) -> None:
         default=0,
         metavar="N",
         help="views already stored before (b), generated in SQL over the 60 days before today"
-        " with their keys and user_product_hours rows, as bench prune does (default 0)",
+        " with their keys and user_product_hours rows, as bench prune does; (b) then runs"
+        " twice, right after the fill's checkpoint and then between checkpoints, the figure"
+        " (default 0)",
     )
     p.add_argument(
         "--engine",
