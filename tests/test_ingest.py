@@ -578,3 +578,27 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_of_its_batch_s
     assert set(pipeline.query("SELECT messageid, line FROM order_lines")) == stream.order_lines
     again = pipeline.consume()
     assert again.consumed == 0, "the refused events' offsets are committed"
+
+
+def test_bench_ingest_with_stored_views_runs_both_legs_on_new_events(pipeline):
+    """`bench ingest --stored`: after the fill, (b) runs right after its checkpoint and again
+    between checkpoints, each on events of its own (a repeat would time the duplicate path),
+    all into the one filled database."""
+    result = pipeline.cli(
+        "bench", "ingest", "--events", "3000", "--stored", "6000", "--consumers", "1", timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert re.search(r"^stored 6,000 views first \(60 days before today\)", out, re.M)
+    assert re.search(r"^\(b\) right after the checkpoint: 3,000 events in ", out, re.M)
+    assert re.search(r"^\(b\) produce -> consume -> PostgreSQL between checkpoints, ", out, re.M)
+    assert re.fullmatch(
+        r"end to end [\d,]+ events/s, raw COPY [\d,]+ rows/s(; .*)?, ratio=\d+\.\d\d",
+        out.strip().splitlines()[-1],
+    )
+    scratch = psycopg.conninfo.make_conninfo(
+        pipeline.settings.database_url, dbname="clickstream_bench"
+    )
+    with psycopg.connect(scratch) as conn:
+        keys = conn.execute("SELECT count(*) FROM view_messageids").fetchone()[0]
+    assert keys == 6000 + 2 * 3000
