@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from clickstream.bench.ingest import (
+from clickstream.bench.full_path import (
     delete_topics,
     produce_on_signal,
     time_full_path,
