@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from tqdm import tqdm
 
 from clickstream.bench.loadgen import LoadResult, drive_in_process
@@ -127,26 +128,29 @@ def _load(url: str, *, views: int, users: int) -> None:
                 bar.update(1)
 
 
-def _drop_indexes(conn: psycopg.Connection, table: str) -> list[str]:
+def _drop_indexes(conn: psycopg.Connection, table: str) -> list[sql.Composable]:
     """Drop the table's indexes (the migrations' current set) and return the statements that
     make them again: one build each after the rows is much faster than keeping them up."""
     found = conn.execute(
-        "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid),"
-        " c.conname, pg_get_constraintdef(c.oid)"
-        " FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid"
-        " AND c.conrelid = i.indrelid WHERE i.indrelid = to_regclass(%s)",
+        "SELECT x.relname, pg_get_indexdef(i.indexrelid), c.conname, pg_get_constraintdef(c.oid)"
+        " FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid"
+        " LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid"
+        " WHERE i.indrelid = to_regclass(%s)",
         (table,),
     ).fetchall()
-    rebuild = []
+    rebuild: list[sql.Composable] = []
     for index, definition, constraint, constraint_definition in found:
         if constraint:
-            conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {constraint}")
+            names = {"table": sql.Identifier(table), "name": sql.Identifier(constraint)}
+            conn.execute(sql.SQL("ALTER TABLE {table} DROP CONSTRAINT {name}").format(**names))
             rebuild.append(
-                f"ALTER TABLE {table} ADD CONSTRAINT {constraint} {constraint_definition}"
+                sql.SQL("ALTER TABLE {table} ADD CONSTRAINT {name} {definition}").format(
+                    **names, definition=sql.SQL(constraint_definition)
+                )
             )
         else:
-            conn.execute(f"DROP INDEX {index}")
-            rebuild.append(definition)
+            conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
+            rebuild.append(sql.SQL(definition))
     return rebuild
 
 
