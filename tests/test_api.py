@@ -551,8 +551,13 @@ def test_bench_api_runs_small_and_ends_with_its_figures(pipeline):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert re.search(r"ours is [\d,]+ times faster", result.stdout)
+    # The endpoints take turns, and the server's CPU per request of each is read from /proc.
+    turns = [line for line in lines if re.match(r"  turn \d: real [\d,]+ req/s", line)]
+    assert [line.split(":")[0] for line in turns] == ["  turn 1", "  turn 2", "  turn 3"]
     assert re.fullmatch(
         r"real: [\d,]+ req/s p50=[\d.]+ms p99=[\d.]+ms \| "
-        r"trivial: [\d,]+ req/s p50=[\d.]+ms p99=[\d.]+ms \| ratio=\d+\.\d\d",
+        r"trivial: [\d,]+ req/s p50=[\d.]+ms p99=[\d.]+ms \| "
+        r"server CPU a request: real [1-9]\d*µs, trivial [1-9]\d*µs \(\d+\.\d\d\) \| "
+        r"ratio=\d+\.\d\d",
         lines[-1],
     ), lines[-1]

@@ -4,9 +4,11 @@ In a scratch database on the configured server it stores `--views` views of `--u
 (generated inside PostgreSQL: shipping ten million rows through the client would only be
 slower than generating them where they are stored) and derives `user_product_hours` from
 them exactly as the migration does for existing data. Then it starts `clickstream serve` pinned
-to one core and drives, from a load generator pinned to the other, first
-`GET /api/users/{id}/recently-viewed` (random users) and then `GET /api/ping`, which answers
-without touching the database: the ratio of the two is what the database path costs.
+to one core and drives, from a load generator pinned to the other,
+`GET /api/users/{id}/recently-viewed` (random users) and `GET /api/ping`, which answers
+without touching the database: the ratio of the two is what the database path costs. The
+two take turns, `ROUNDS` times each, so that a machine whose speed drifts over a minute
+slows both alike; and the server's CPU per request of each shows the cost without the drift.
 
 Last, the original system's strategy: `WHERE userid = ... ORDER BY viewed_at LIMIT 5` on
 `product_views` with no index to use (index scans are switched off for that session, so an
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import sql
 from tqdm import tqdm
@@ -44,6 +47,7 @@ __all__ = ["ORIGINAL_QUERY", "run_api_benchmark"]
 SCRATCH_DATABASE = "clickstream_bench_api"
 PRODUCTS = 20_000
 WARMUP_SECONDS = 2.0
+ROUNDS = 3  # turns of each endpoint, alternating
 FIRST_VIEW = datetime(2026, 11, 1, tzinfo=UTC)
 
 # What the replaced system ran for every request: the oldest five, duplicates and all.
@@ -67,17 +71,39 @@ SELECT userid, productid, {hour_bin("viewed_at")}, max(viewed_at)
 FROM product_views GROUP BY 1, 2, 3
 """
 
+# Every index page of user_product_hours into the server's cache, as a running API has the
+# pages it reads: without this the first lookups read from disk and the ratio measures that.
+_WARM = "SELECT count(*) FROM user_product_hours WHERE userid > ''"
+
 
 @dataclass(frozen=True)
 class Endpoint:
+    """One endpoint's turns under load, taken together."""
+
     name: str
-    result: LoadResult
+    turns: tuple[LoadResult, ...]
+
+    @property
+    def requests(self) -> int:
+        return sum(len(turn.latencies) for turn in self.turns)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / sum(turn.seconds for turn in self.turns)
+
+    @property
+    def server_cpu(self) -> float | None:
+        """The server's CPU seconds per request."""
+        cpu = [turn.watched[0] if turn.watched else None for turn in self.turns]
+        return None if None in cpu or not self.requests else sum(cpu) / self.requests
+
+    def percentile(self, p: float) -> float:
+        return float(np.percentile(np.concatenate([t.latencies for t in self.turns]), p))
 
     def describe(self) -> str:
-        r = self.result
         return (
-            f"{self.name}: {r.rate:,.0f} req/s"
-            f" p50={r.percentile(50) * 1000:.1f}ms p99={r.percentile(99) * 1000:.1f}ms"
+            f"{self.name}: {self.rate:,.0f} req/s"
+            f" p50={self.percentile(50) * 1000:.1f}ms p99={self.percentile(99) * 1000:.1f}ms"
         )
 
 
@@ -120,6 +146,9 @@ def _load(url: str, *, views: int, users: int) -> None:
             ("deriving user_product_hours", _DERIVE),
             *(("indexing user_product_hours", statement) for statement in rebuild),
             ("analyzing", "VACUUM ANALYZE product_views, user_product_hours"),
+            ("warming the cache", "SET enable_seqscan = off"),
+            ("warming the cache", "SET enable_bitmapscan = off"),
+            ("warming the cache", _WARM),
         ]
         with tqdm(total=len(steps), unit="step") as bar:
             for label, statement in steps:
@@ -205,7 +234,7 @@ def run_api_benchmark(
         leg = dataclasses.replace(settings, database_url=url, api_metrics=on)
         legs[on].append(_drive_server(leg, user_paths, seconds=seconds, concurrency=concurrency))
     # Each side's best leg by the real endpoint's rate (one leg each unless --metrics both).
-    best = {on: max(runs, key=lambda r: r[0].result.rate) for on, runs in legs.items() if runs}
+    best = {on: max(runs, key=lambda r: r[0].rate) for on, runs in legs.items() if runs}
 
     probe = max(3.0, seconds / 3)
     print(f"original strategy (oldest first, no index) versus ours, {probe:g}s each, 1 connection")
@@ -220,10 +249,10 @@ def run_api_benchmark(
     )
     if len(best) == 2:
         (real_off, trivial_off), (real_on, trivial_on) = best[False], best[True]
-        ratio = real_on.result.rate / real_off.result.rate
-        trivial = trivial_on.result.rate / trivial_off.result.rate
+        ratio = real_on.rate / real_off.rate
+        trivial = trivial_on.rate / trivial_off.rate
         per_request = request_seconds()
-        share = per_request * real_off.result.rate  # the server has one core
+        share = per_request * real_off.rate  # the server has one core
         print(f"the request metrics' own work: {per_request * 1e6:.1f}µs per request")
         print(
             f"best of {len(legs[True])} each: metrics off {real_off.describe()}"
@@ -232,14 +261,25 @@ def run_api_benchmark(
         )
         return
     real, trivial = best[METRICS_LEGS[metrics][0]]
-    ratio = real.result.rate / trivial.result.rate
-    print(f"{real.describe()} | {trivial.describe()} | ratio={ratio:.2f}")
+    ratio = real.rate / trivial.rate
+    cpu = _server_cpu(real, trivial)
+    print(f"{real.describe()} | {trivial.describe()} |{cpu} ratio={ratio:.2f}")
+
+
+def _server_cpu(real: Endpoint, trivial: Endpoint) -> str:
+    """The server's CPU per request of each, where it could be read."""
+    if real.server_cpu is None or trivial.server_cpu is None:
+        return ""
+    return (
+        f" server CPU a request: real {real.server_cpu * 1e6:.0f}µs,"
+        f" trivial {trivial.server_cpu * 1e6:.0f}µs ({trivial.server_cpu / real.server_cpu:.2f}) |"
+    )
 
 
 def _drive_server(
     settings: Settings, user_paths: list[str], *, seconds: float, concurrency: int
 ) -> tuple[Endpoint, Endpoint]:
-    """Start a server with these settings, drive the real then the trivial endpoint.
+    """Start a server with these settings, drive the real and the trivial endpoint in turns.
 
     With metrics on, /metrics is scraped every second meanwhile, as Prometheus would.
     """
@@ -253,29 +293,38 @@ def _drive_server(
     )
     state = "on, scraped every second" if settings.api_metrics else "off"
     print(f"server on 127.0.0.1:{port}, metrics {state}; {pinning}; {concurrency} connections")
-    endpoints = []
+    print(
+        f"{ROUNDS} turns of {seconds / ROUNDS:g}s (+{WARMUP_SECONDS:g}s warm-up) each:"
+        " the recently-viewed lookup of random users, then /api/ping"
+    )
+    turns: dict[str, list[LoadResult]] = {"real": [], "trivial": []}
     try:
         with Scraper([f"http://127.0.0.1:{port}/metrics"] if settings.api_metrics else []):
-            for name, paths in (("real", user_paths), ("trivial", ["/api/ping"])):
-                print(f"driving {paths[0]} for {seconds:g}s (+{WARMUP_SECONDS:g}s warm-up)")
-                result = drive_in_process(
-                    "127.0.0.1",
-                    port,
-                    paths,
-                    concurrency=concurrency,
-                    seconds=seconds,
-                    warmup=WARMUP_SECONDS,
-                    core=client_core,
-                )
-                if result.failures:
-                    raise ClickstreamError(
-                        f"{name}: {result.failures} failed requests, first: {result.first_failure}"
+            for turn in range(1, ROUNDS + 1):
+                for name, paths in (("real", user_paths), ("trivial", ["/api/ping"])):
+                    result = drive_in_process(
+                        "127.0.0.1",
+                        port,
+                        paths,
+                        concurrency=concurrency,
+                        seconds=seconds / ROUNDS,
+                        warmup=WARMUP_SECONDS,
+                        core=client_core,
+                        watch=(server.pid,),
                     )
-                endpoints.append(Endpoint(name, result))
-                busy = f"load generator busy {result.busy:.0%} of its core"
-                print(f"{endpoints[-1].describe()} ({busy})")
+                    if result.failures:
+                        raise ClickstreamError(
+                            f"{name}: {result.failures} failed requests,"
+                            f" first: {result.first_failure}"
+                        )
+                    turns[name].append(result)
+                real, trivial = turns["real"][-1], turns["trivial"][-1]
+                print(
+                    f"  turn {turn}: real {real.rate:,.0f} req/s, trivial {trivial.rate:,.0f}"
+                    f" req/s ({real.rate / trivial.rate:.2f}); load generator busy"
+                    f" {real.busy:.0%} and {trivial.busy:.0%} of its core"
+                )
     finally:
         server.terminate()
         server.wait(30)
-    real, trivial = endpoints
-    return real, trivial
+    return Endpoint("real", tuple(turns["real"])), Endpoint("trivial", tuple(turns["trivial"]))

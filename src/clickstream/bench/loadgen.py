@@ -4,6 +4,10 @@ next request the moment the previous response is complete.
 It runs in its own process pinned to its own core, so that it measures the server rather
 than competing with it. Raw asyncio protocols on uvloop, no HTTP library: parsing a
 Content-Length response is all it needs, and it stays far from being the bottleneck.
+
+It can also read the CPU time of other processes (the server, its database backends) over
+exactly the window it measures: CPU per request is steadier than requests per second on a
+shared machine, whose speed drifts from one minute to the next.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clickstream.bench.cost import cpu_seconds
+
 __all__ = ["LoadResult", "drive", "drive_in_process"]
 
 
@@ -27,10 +33,16 @@ class LoadResult:
     failures: int  # non-200 responses
     first_failure: str
     busy: float  # share of its core the load generator itself used while measuring
+    watched: tuple[float | None, ...] = ()  # CPU seconds of each watched process meanwhile
 
     @property
     def rate(self) -> float:
         return len(self.latencies) / self.seconds
+
+    def cpu_per_request(self, index: int = 0) -> float | None:
+        """CPU seconds a completed request cost the `index`-th watched process."""
+        cpu = self.watched[index] if index < len(self.watched) else None
+        return cpu / len(self.latencies) if cpu is not None and len(self.latencies) else None
 
     def percentile(self, p: float) -> float:
         return float(np.percentile(self.latencies, p)) if len(self.latencies) else float("nan")
@@ -103,8 +115,18 @@ class _Run:
                 )
 
 
+def _cpu_of(pids: tuple[int, ...]) -> list[float | None]:
+    return [cpu_seconds(pid) for pid in pids]
+
+
 async def _drive(
-    host: str, port: int, paths: list[str], concurrency: int, warmup: float, seconds: float
+    host: str,
+    port: int,
+    paths: list[str],
+    concurrency: int,
+    warmup: float,
+    seconds: float,
+    watch: tuple[int, ...],
 ) -> LoadResult:
     headers = f"Host: {host}:{port}\r\nUser-Agent: clickstream-bench\r\n\r\n"
     requests = [f"GET {path} HTTP/1.1\r\n{headers}".encode() for path in paths]
@@ -116,15 +138,20 @@ async def _drive(
         connections.append(protocol)
     await asyncio.sleep(warmup)
     run.measuring = True
-    started, cpu = time.perf_counter(), time.process_time()
+    started, cpu, first = time.perf_counter(), time.process_time(), _cpu_of(watch)
     await asyncio.sleep(seconds)
     run.measuring = False
     took = time.perf_counter() - started
     busy = (time.process_time() - cpu) / took
+    watched = tuple(
+        None if a is None or b is None else b - a
+        for a, b in zip(first, _cpu_of(watch), strict=True)
+    )
     run.stopping = True
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*(c.lost for c in connections)), 5)
-    return LoadResult(took, np.array(run.latencies), run.failures, run.first_failure, busy)
+    latencies = np.array(run.latencies)
+    return LoadResult(took, latencies, run.failures, run.first_failure, busy, watched)
 
 
 def drive(
@@ -136,13 +163,15 @@ def drive(
     seconds: float,
     warmup: float = 1.0,
     core: int | None = None,
+    watch: tuple[int, ...] = (),
 ) -> LoadResult:
-    """Keep `concurrency` requests in flight for `warmup + seconds`; measure the last part."""
+    """Keep `concurrency` requests in flight for `warmup + seconds`; measure the last part,
+    and the CPU each process in `watch` spent meanwhile."""
     if core is not None:
         os.sched_setaffinity(0, {core})
     import uvloop
 
-    return uvloop.run(_drive(host, port, paths, concurrency, warmup, seconds))
+    return uvloop.run(_drive(host, port, paths, concurrency, warmup, seconds, tuple(watch)))
 
 
 def _child(queue, args, kwargs) -> None:

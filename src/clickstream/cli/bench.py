@@ -167,18 +167,22 @@ def _add_api(sub) -> None:
         cmd_bench_api,
         "recently-viewed requests/s and latency versus a trivial endpoint",
         "Load views into a scratch database, start the server, drive GET "
-        "/api/users/{id}/recently-viewed and then GET /api/ping (no database) at a fixed "
+        "/api/users/{id}/recently-viewed and GET /api/ping (no database) in turns at a fixed "
         "concurrency from a load generator pinned to its own core, and time the original "
         "system's query (oldest first, no index) on the same data. The last line gives both "
-        "endpoints' requests/s, p50 and p99, and ratio=real/trivial; with --metrics both, the "
-        "real endpoint's figures with metrics off and on, and ratio=on/off.",
+        "endpoints' requests/s, p50 and p99, the server's CPU per request of each, and "
+        "ratio=real/trivial; with --metrics both, the real endpoint's figures with metrics "
+        "off and on, and ratio=on/off.",
     )
     p.add_argument(
         "--views", type=positive_int, default=10_000_000, help="stored views (default 10000000)"
     )
     p.add_argument("--users", type=positive_int, default=100_000, help="users (default 100000)")
     p.add_argument(
-        "--seconds", type=positive_float, default=15.0, help="seconds per endpoint (default 15)"
+        "--seconds",
+        type=positive_float,
+        default=15.0,
+        help="seconds per endpoint, in 3 turns (default 15)",
     )
     p.add_argument(
         "--concurrency", type=positive_int, default=64, help="requests in flight (default 64)"
