@@ -24,6 +24,25 @@ def _raw(partition: int, first: int, after: int) -> list[RawEvent]:
     return [RawEvent(Kind.VIEW, "views", partition, n, b"{}", 0) for n in range(first, after)]
 
 
+def test_a_batch_marks_each_partition_from_its_lowest_offset_to_past_its_highest():
+    # Partitions interleaved in runs, and a run out of order (a rewind within the batch).
+    raw = _raw(0, 10, 13) + _raw(1, 4, 6) + _raw(0, 7, 9) + _raw(0, 13, 14)[::-1]
+    raw += [RawEvent(Kind.ORDER, "orders", 0, 3, b"{}", 0)]
+    assert Marks.of(GROUP, raw).ranges == {
+        ("views", 0): (7, 14),
+        ("views", 1): (4, 6),
+        ("orders", 0): (3, 4),
+    }
+    # Where the consumer read a partition from counts, offsets without a record included;
+    # a partition the batch has no record of is not marked.
+    starts = {("views", 1): 2, ("views", 0): 9, ("views", 2): 0}
+    assert Marks.of(GROUP, raw, starts).ranges == {
+        ("views", 0): (7, 14),
+        ("views", 1): (2, 6),
+        ("orders", 0): (3, 4),
+    }
+
+
 def test_an_offset_moves_forward_only_over_what_is_stored(pipeline):
     with connect(pipeline.settings) as conn:
 
