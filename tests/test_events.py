@@ -312,6 +312,23 @@ def test_a_view_stamped_2099_is_stored_at_its_record_time_and_counted():
     )
 
 
+def test_each_record_of_a_run_with_one_stamp_is_judged_on_its_own_record_time():
+    # A busy producer stamps many events in one millisecond; the answer is reused only for
+    # the same stamp next to the same record time.
+    sent_ms = KAFKA_MS - 8 * 86_400_000  # 8 days behind KAFKA_MS: too far behind that record
+    stamp = canonical(sent_ms)
+    records = [
+        record(a_view(messageid=f"m{n}", timestamp=stamp), offset=n, kafka_ms=ms)
+        for n, ms in enumerate([sent_ms, sent_ms, KAFKA_MS, KAFKA_MS, sent_ms, None])
+    ]
+    batch = clean(*records)
+    assert [view.viewed_at for view in batch.views] == [
+        *(stamp, stamp, KAFKA_TIME, KAFKA_TIME, stamp),
+        stamp,  # no record time: only the clock bounds it, and only ahead
+    ]
+    assert batch.replaced_times == Counter({(VIEWS, event_time.TimeFix.BEHIND): 2})
+
+
 def test_a_missing_stamp_is_counted_as_missing():
     view = a_view()
     del view["timestamp"]

@@ -169,17 +169,23 @@ def _format_ms(ms: int) -> str:
 class BatchTimes:
     """The rule as one batch applies it: one clock reading, and the replacements counted."""
 
-    __slots__ = ("now_ms", "replaced", "rule")
+    __slots__ = ("_kept", "now_ms", "replaced", "rule")
 
     def __init__(self, now_ms: int, rule: EventTimeRule, replaced: Counter) -> None:
         self.now_ms = now_ms
         self.rule = rule
         self.replaced = replaced
+        # The last (stamp, record time) kept as it was: a busy producer stamps hundreds of
+        # events in the same millisecond, and the same pair gets the same answer.
+        self._kept: tuple[Any, int | None] = ("", -1)
 
     def of(self, stamp: Any, raw: RawEvent) -> str:
         # `event_time`'s common case inlined, per event: a canonical stamp of a second seen
         # before, near a plausible record time.
         record_ms = raw[5]
+        kept_stamp, kept_record = self._kept
+        if record_ms == kept_record and stamp == kept_stamp:
+            return stamp
         if type(stamp) is str and record_ms is not None and len(stamp) == 24:
             seconds = _seconds_cache.get(stamp[:19])
             millis = stamp[20:23]
@@ -197,6 +203,7 @@ class BatchTimes:
                     and EARLIEST_MS <= record_ms <= self.now_ms + rule.max_ahead_ms
                     and record_ms - rule.max_behind_ms <= at <= record_ms + rule.max_ahead_ms
                 ):
+                    self._kept = (stamp, record_ms)
                     return stamp
         at, fix = event_time(stamp, record_ms, self.now_ms, self.rule)
         if fix is not None:
