@@ -13,6 +13,7 @@ from confluent_kafka import Producer
 from clickstream.errors import Unavailable
 from clickstream.kafka.client import ensure_topics, producer_config, reach
 from clickstream.kafka.logs import LOG, RepeatFilter
+from clickstream.kafka.producer import produce_lines
 
 
 class Clock:
@@ -101,6 +102,17 @@ def test_librdkafka_logs_through_python_logging_deduplicated(monkeypatch):
         LOG.removeFilter(seen)
         LOG.removeHandler(keep)
         producer.flush(0)
+
+
+def test_events_a_broker_never_took_are_counted_failed_with_the_reason():
+    # Only failures are reported to the producer: what is not reported failed by the
+    # flush was delivered, so a failure must still be counted, each one.
+    lines = [b'{"event": "ProductView", "userid": "u1"}', b"not json", b"", b"{}"]
+    result = produce_lines(
+        f"127.0.0.1:{closed_port()}", "t", lines, config={"message.timeout.ms": 300}
+    )
+    assert (result.sent, result.delivered, result.failed) == (3, 0, 3)
+    assert "Message timed out" in result.first_error
 
 
 def test_an_unreachable_broker_is_one_clear_error():
