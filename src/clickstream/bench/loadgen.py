@@ -5,8 +5,8 @@ It runs in its own process pinned to its own core, so that it measures the serve
 than competing with it. Raw asyncio protocols on uvloop, no HTTP library: parsing a
 Content-Length response is all it needs, and it stays far from being the bottleneck.
 
-It can also read the CPU time of other processes (the server, its database backends) over
-exactly the window it measures: CPU per request is steadier than requests per second on a
+It can also read the CPU time of other processes (the server) over exactly the window it
+measures: CPU per request is steadier than requests per second on a
 shared machine, whose speed drifts from one minute to the next.
 """
 
@@ -38,11 +38,6 @@ class LoadResult:
     @property
     def rate(self) -> float:
         return len(self.latencies) / self.seconds
-
-    def cpu_per_request(self, index: int = 0) -> float | None:
-        """CPU seconds a completed request cost the `index`-th watched process."""
-        cpu = self.watched[index] if index < len(self.watched) else None
-        return cpu / len(self.latencies) if cpu is not None and len(self.latencies) else None
 
     def percentile(self, p: float) -> float:
         return float(np.percentile(self.latencies, p)) if len(self.latencies) else float("nan")

@@ -84,8 +84,8 @@ def produce_lines(
     """
     result = ProduceResult()
     # Reports of failures only: one per delivered event cost the producer a Python call and
-    # a message object each. Whatever was sent and did not fail by the flush was delivered.
-    config = {"delivery.report.only.error": True, **(config or {})}
+    # a message object each. The counts rely on it (`_flush`), so `config` cannot undo it.
+    config = {**(config or {}), "delivery.report.only.error": True}
     producer = Producer(producer_config(brokers, **config))
     clock = TimestampClock()
 
@@ -135,15 +135,20 @@ def produce_lines(
     finally:
         if on_progress and pending_progress:
             on_progress(pending_progress)
-        try:
-            remaining = producer.flush(120)
-        except KeyboardInterrupt:
-            remaining = producer.flush(120)
-        except KafkaException as exc:  # pragma: no cover - broker gone while flushing
-            remaining = len(producer)
-            result.first_error = result.first_error or str(exc)
-        if remaining:
-            result.failed += remaining
-            result.first_error = result.first_error or f"{remaining} events undelivered at exit"
-        result.delivered = result.sent - result.failed
+        _flush(producer, result)
     return result
+
+
+def _flush(producer: Producer, result: ProduceResult) -> None:
+    """Wait for every sent event: what was sent and did not fail by then was delivered."""
+    try:
+        remaining = producer.flush(120)
+    except KeyboardInterrupt:
+        remaining = producer.flush(120)
+    except KafkaException as exc:  # pragma: no cover - broker gone while flushing
+        remaining = len(producer)
+        result.first_error = result.first_error or str(exc)
+    if remaining:
+        result.failed += remaining
+        result.first_error = result.first_error or f"{remaining} events undelivered at exit"
+    result.delivered = result.sent - result.failed
