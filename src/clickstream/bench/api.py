@@ -98,7 +98,8 @@ class Endpoint:
         return None if None in cpu or not self.requests else sum(cpu) / self.requests
 
     def percentile(self, p: float) -> float:
-        return float(np.percentile(np.concatenate([t.latencies for t in self.turns]), p))
+        latencies = np.concatenate([turn.latencies for turn in self.turns])
+        return float(np.percentile(latencies, p)) if len(latencies) else float("nan")
 
     def describe(self) -> str:
         return (

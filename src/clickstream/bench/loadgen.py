@@ -39,9 +39,6 @@ class LoadResult:
     def rate(self) -> float:
         return len(self.latencies) / self.seconds
 
-    def percentile(self, p: float) -> float:
-        return float(np.percentile(self.latencies, p)) if len(self.latencies) else float("nan")
-
 
 class _Connection(asyncio.Protocol):
     def __init__(self, run: _Run) -> None:
