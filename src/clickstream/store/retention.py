@@ -195,8 +195,14 @@ def _delete_in_chunks(
         started = perf_counter()
         count = conn.execute(statement).rowcount
         deleted += count
-        if count < _CHUNK or stop.wait((perf_counter() - started) * _PAUSE_FACTOR):
+        if count < _CHUNK or _pause_after(started, stop):
             return deleted
+
+
+def _pause_after(started: float, stop: threading.Event) -> bool:
+    """Pause _PAUSE_FACTOR times as long as the statement begun at `started` took; True if
+    the prune was stopped meanwhile."""
+    return stop.wait((perf_counter() - started) * _PAUSE_FACTOR)
 
 
 def _delete_keys(conn: psycopg.Connection, table: str, cutoff: date, stop: threading.Event) -> int:
@@ -220,7 +226,7 @@ def _delete_keys(conn: psycopg.Connection, table: str, cutoff: date, stop: threa
         started = perf_counter()
         bounds = (f"({first},0)", f"({first + _CHUNK_BLOCKS},0)")
         deleted += conn.execute(statement, (*bounds, cutoff)).rowcount
-        if stop.wait((perf_counter() - started) * _PAUSE_FACTOR):
+        if _pause_after(started, stop):
             break
     return deleted
 
