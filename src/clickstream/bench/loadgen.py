@@ -6,8 +6,8 @@ than competing with it. Raw asyncio protocols on uvloop, no HTTP library: parsin
 Content-Length response is all it needs, and it stays far from being the bottleneck.
 
 It can also read the CPU time of other processes (the server) over exactly the window it
-measures: CPU per request is steadier than requests per second on a
-shared machine, whose speed drifts from one minute to the next.
+measures: CPU per request is steadier than requests per second on a shared machine, whose
+speed drifts from one minute to the next.
 """
 
 from __future__ import annotations
