@@ -35,6 +35,7 @@ from psycopg import conninfo
 from clickstream.api.app import create_app
 from clickstream.api.coalesce import Coalescer
 from clickstream.api.server import BackgroundServer, run_in_background
+from clickstream.bench.api import SCRATCH_DATABASE
 from clickstream.config import Settings, load_settings
 from clickstream.ingest.cleaning import clean_batch
 from clickstream.ingest.consumer import Ingestor
@@ -546,11 +547,29 @@ def test_bench_api_runs_small_and_ends_with_its_figures(pipeline):
         "1",
         "--concurrency",
         "8",
+        "--history-days",
+        "2",
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert re.search(r"ours is [\d,]+ times faster", result.stdout)
+    # The history's empty days precede the loaded one (2026-11-01), as a server keeping
+    # them has: the lookups ran with those partitions in their plans.
+    scratch = conninfo.make_conninfo(pipeline.settings.database_url, dbname=SCRATCH_DATABASE)
+    with psycopg.connect(scratch) as conn:
+        days = conn.execute(
+            "SELECT c.relname, (SELECT count(*) > 0 FROM user_product_hours u"
+            "  WHERE u.tableoid = c.oid)"
+            " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'user_product_hours'::regclass"
+            " AND c.relname < 'user_product_hours_p20261102' ORDER BY 1"
+        ).fetchall()
+    assert days == [
+        ("user_product_hours_p20261030", False),
+        ("user_product_hours_p20261031", False),
+        ("user_product_hours_p20261101", True),
+    ]
     # The endpoints take turns, and the server's CPU per request of each is read from /proc.
     turns = [line for line in lines if re.match(r"  turn \d: real [\d,]+ req/s", line)]
     assert [line.split(":")[0] for line in turns] == ["  turn 1", "  turn 2", "  turn 3"]

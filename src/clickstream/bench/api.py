@@ -108,17 +108,21 @@ class Endpoint:
         )
 
 
-def _load(url: str, *, views: int, users: int) -> None:
+def _load(url: str, *, views: int, users: int, history_days: int = 0) -> None:
     """Fill product_views and user_product_hours as fast as the server can.
 
     The scratch tables' day partitions are unlogged and get their indexes after the rows, in
     one build each; the views get no messageid keys, as nothing here looks a view up by one.
+    `history_days` more (empty) partitions of user_product_hours precede the loaded days, as
+    a server that keeps that many days has them: a lookup's plan holds every partition.
     """
     chunk = 500_000
     with psycopg.connect(url, autocommit=True) as conn:
         days = {FIRST_VIEW.date() + timedelta(days=d) for d in range(views // 86_400_000 + 1)}
         for table in ("product_views", "user_product_hours"):
             ensure_days(conn, table, days)
+        history = {FIRST_VIEW.date() - timedelta(days=d) for d in range(1, history_days + 1)}
+        ensure_days(conn, "user_product_hours", history)
         for statement in (
             "SET maintenance_work_mem = '512MB'",
             "SET work_mem = '512MB'",
@@ -221,11 +225,15 @@ def run_api_benchmark(
     seconds: float,
     concurrency: int,
     metrics: str = "on",
+    history_days: int = 0,
 ) -> None:
     url = scratch_database(settings, SCRATCH_DATABASE)
-    print(f"scratch database {SCRATCH_DATABASE}: {views:,} views of {users:,} users")
+    print(
+        f"scratch database {SCRATCH_DATABASE}: {views:,} views of {users:,} users,"
+        f" {history_days} empty day(s) of user_product_hours before them"
+    )
     started = time.monotonic()
-    _load(url, views=views, users=users)
+    _load(url, views=views, users=users, history_days=history_days)
     print(f"loaded in {time.monotonic() - started:.0f}s")
 
     rng = random.Random(11)

@@ -18,6 +18,7 @@ def cmd_bench_api(settings: Settings, args: argparse.Namespace) -> int:
         seconds=args.seconds,
         concurrency=args.concurrency,
         metrics=args.metrics,
+        history_days=args.history_days,
     )
     return 0
 
@@ -194,6 +195,15 @@ def _add_api(sub) -> None:
         help="the server's Prometheus metrics (api.metrics) off, on (scraped every second), or"
         " both: a server each time off, on, on, off, the last line giving each side's best"
         " and ratio=on/off (default on)",
+    )
+    p.add_argument(
+        "--history-days",
+        type=nonneg_int,
+        default=0,
+        help="also create this many empty day partitions of user_product_hours before the"
+        " loaded views, as a server keeping that much history has (retention."
+        "user_product_hours_days, 90 by default): each lookup's plan holds every partition"
+        " (default 0)",
     )
 
 
