@@ -3,12 +3,14 @@
 In a scratch database on the configured server it stores `--views` views of `--users` users
 (generated inside PostgreSQL: shipping ten million rows through the client would only be
 slower than generating them where they are stored) and derives `user_product_hours` from
-them exactly as the migration does for existing data. Then it starts `clickstream serve` pinned
-to one core and drives, from a load generator pinned to the other,
-`GET /api/users/{id}/recently-viewed` (random users) and `GET /api/ping`, which answers
-without touching the database: the ratio of the two is what the database path costs. The
-two take turns, `ROUNDS` times each, so that a machine whose speed drifts over a minute
-slows both alike; and the server's CPU per request of each shows the cost without the drift.
+them exactly as the migration does for existing data; `--history-days N` adds the N empty day
+partitions before them that a server keeping N days has, which every lookup's plan holds.
+Then it starts `clickstream serve` pinned to one core and drives, from a load generator
+pinned to the other, `GET /api/users/{id}/recently-viewed` (random users) and `GET
+/api/ping`, which answers without touching the database: the ratio of the two is what the
+database path costs. The two take turns, `ROUNDS` times each, so that a machine whose speed
+drifts over a minute slows both alike; and the server's CPU per request of each shows the
+cost without the drift.
 
 Last, the original system's strategy: `WHERE userid = ... ORDER BY viewed_at LIMIT 5` on
 `product_views` with no index to use (index scans are switched off for that session, so an
