@@ -101,36 +101,62 @@ def generate(
         for mid, u, p, s in zip(view_ids, viewer, viewed, platform, strict=True)
     ]
 
-    # Orders: mostly of products the buyer viewed, by users who viewed something.
-    order_records: list[bytes] = []
-    if orders and views:
-        by_user = np.argsort(viewer, kind="stable")
-        sorted_viewers = viewer[by_user]
-        starts = np.searchsorted(sorted_viewers, np.arange(users), side="left")
-        ends = np.searchsorted(sorted_viewers, np.arange(users), side="right")
-        has_views = np.flatnonzero(ends > starts)
-        buyer_weight = activity[has_views] / activity[has_views].sum()
-        buyers = has_views[rng.choice(has_views.size, size=orders, p=buyer_weight)]
-        line_counts = 1 + rng.binomial(3, 0.25, size=orders)
-        order_ids = _uuids(rng, orders)
-        for n, (buyer, count) in enumerate(zip(buyers, line_counts, strict=True)):
-            lines = []
-            for _ in range(count):
-                if rng.random() < _VIEWED_SHARE:
-                    product = viewed[by_user[rng.integers(starts[buyer], ends[buyer])]]
-                else:
-                    product = rng.choice(products, p=popularity)
-                quantity = int(rng.geometric(0.7))
-                lines.append(
-                    b'{"productid": "%s", "quantity": %d}'
-                    % (product_ids[product].encode(), quantity)
-                )
-            order_records.append(
-                b'{"event": "OrderEvent", "messageid": "%s", "userid": "%s", '
-                b'"lineitems": [%s], "orderid": %d}'
-                % (order_ids[n].encode(), user_ids[buyer].encode(), b", ".join(lines), 50000 + n)
-            )
+    order_records = _orders(
+        rng,
+        orders,
+        viewer=viewer,
+        viewed=viewed,
+        activity=activity,
+        popularity=popularity,
+        user_ids=user_ids,
+        product_ids=product_ids,
+    )
     return Dataset(catalog, view_records, order_records)
+
+
+def _orders(
+    rng: np.random.Generator,
+    orders: int,
+    *,
+    viewer: np.ndarray,
+    viewed: np.ndarray,
+    activity: np.ndarray,
+    popularity: np.ndarray,
+    user_ids: np.ndarray,
+    product_ids: np.ndarray,
+) -> list[bytes]:
+    """Orders by users who viewed something, the more active the likelier, mostly of products
+    the buyer viewed: so that the purchase/view ratio means something."""
+    order_records: list[bytes] = []
+    if not orders or not viewer.size:
+        return order_records
+    users, products = user_ids.size, product_ids.size
+    by_user = np.argsort(viewer, kind="stable")
+    sorted_viewers = viewer[by_user]
+    starts = np.searchsorted(sorted_viewers, np.arange(users), side="left")
+    ends = np.searchsorted(sorted_viewers, np.arange(users), side="right")
+    has_views = np.flatnonzero(ends > starts)
+    buyer_weight = activity[has_views] / activity[has_views].sum()
+    buyers = has_views[rng.choice(has_views.size, size=orders, p=buyer_weight)]
+    line_counts = 1 + rng.binomial(3, 0.25, size=orders)
+    order_ids = _uuids(rng, orders)
+    for n, (buyer, count) in enumerate(zip(buyers, line_counts, strict=True)):
+        lines = []
+        for _ in range(count):
+            if rng.random() < _VIEWED_SHARE:
+                product = viewed[by_user[rng.integers(starts[buyer], ends[buyer])]]
+            else:
+                product = rng.choice(products, p=popularity)
+            quantity = int(rng.geometric(0.7))
+            lines.append(
+                b'{"productid": "%s", "quantity": %d}' % (product_ids[product].encode(), quantity)
+            )
+        order_records.append(
+            b'{"event": "OrderEvent", "messageid": "%s", "userid": "%s", '
+            b'"lineitems": [%s], "orderid": %d}'
+            % (order_ids[n].encode(), user_ids[buyer].encode(), b", ".join(lines), 50000 + n)
+        )
+    return order_records
 
 
 def view_lines(
