@@ -127,9 +127,8 @@ def _orders(
 ) -> list[bytes]:
     """Orders by users who viewed something, the more active the likelier, mostly of products
     the buyer viewed: so that the purchase/view ratio means something."""
-    order_records: list[bytes] = []
     if not orders or not viewer.size:
-        return order_records
+        return []
     users, products = user_ids.size, product_ids.size
     by_user = np.argsort(viewer, kind="stable")
     sorted_viewers = viewer[by_user]
@@ -140,6 +139,7 @@ def _orders(
     buyers = has_views[rng.choice(has_views.size, size=orders, p=buyer_weight)]
     line_counts = 1 + rng.binomial(3, 0.25, size=orders)
     order_ids = _uuids(rng, orders)
+    order_records: list[bytes] = []
     for n, (buyer, count) in enumerate(zip(buyers, line_counts, strict=True)):
         lines = []
         for _ in range(count):
